@@ -1,0 +1,260 @@
+//! The agent: a streaming chat model, the tools it may call, and the turn loop that joins them.
+//!
+//! The agent knows nothing about WebSockets or Twilio: it takes a conversation history, streams
+//! [`turn::TurnEvent`]s (text to speak, messages to keep), and runs tools. That is what lets the
+//! same agent serve other channels later (chat, a Lex code hook).
+//!
+//! - [`ChatModel`]: the one trait both model back ends implement: [`openai::OpenAiModel`]
+//!   (async-openai, any OpenAI-compatible base URL) and [`offline::OfflineModel`] (rule-based).
+//! - [`tools`]: the tool registry.
+//! - [`turn`]: one caller turn: stream, assemble tool calls, run tools, loop.
+
+pub mod offline;
+pub mod openai;
+pub mod tools;
+pub mod turn;
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use futures::{future::BoxFuture, stream::BoxStream};
+use serde::Serialize;
+
+use crate::config::{Config, LlmProvider};
+
+/// The built-in system prompt, written for the ear: what the model writes is spoken aloud.
+pub const DEFAULT_SYSTEM_PROMPT: &str = "\
+You are relaybot, a friendly voice assistant answering a phone call. Everything you write is \
+spoken aloud by a text-to-speech voice, so write the way people talk on the phone. \
+Keep replies short: one to three sentences, then let the caller speak. \
+Use plain sentences only: no markdown, no bullet points or numbered lists, no emoji, no URLs, \
+no special characters. Say numbers, dates, times and amounts the way a person would say them \
+(\"twenty five dollars\", \"March third\", \"two thirty in the afternoon\"). \
+Ask one question at a time. If you did not understand, say so briefly and ask again. \
+If your previous reply ends abruptly, the caller interrupted you and heard only that part. \
+If the caller asks for a person, or you cannot help, use the agent_handoff tool when it is \
+available. When the caller is done, say a short goodbye and use the end_call tool when it is \
+available.";
+
+/// Who is on the line: filled from the Conversation Relay `setup` message.
+///
+/// Channel-neutral on purpose: a chat channel fills the same fields from its own events.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallContext {
+    /// `CA…` (the conversation id on other channels).
+    pub call_sid: String,
+    /// Conversation Relay session (`VX…`).
+    pub session_id: String,
+    /// Caller number or identity. Never log it unmasked (see [`mask_number`]).
+    pub from: String,
+    /// Called number or identity.
+    pub to: String,
+    /// `inbound` / `outbound…`.
+    pub direction: String,
+    /// `<Parameter>` values from the TwiML.
+    pub custom_parameters: BTreeMap<String, String>,
+}
+
+/// A caller number as it may appear in logs: all but the last four characters hidden
+/// (`+14155550123` → `***0123`).
+pub fn mask_number(number: &str) -> String {
+    let chars: Vec<char> = number.chars().collect();
+    if chars.len() <= 4 {
+        return "***".into();
+    }
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("***{tail}")
+}
+
+/// One message of the conversation history, in OpenAI Chat Completions terms.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "role", rename_all = "lowercase")]
+pub enum Message {
+    /// Instructions.
+    System {
+        /// Text.
+        content: String,
+    },
+    /// What the caller said (or pressed).
+    User {
+        /// Text.
+        content: String,
+    },
+    /// What the agent said, and the tools it called.
+    Assistant {
+        /// Text that was spoken (cut to what the caller heard when interrupted).
+        content: String,
+        /// Tool calls made in this message.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        tool_calls: Vec<ToolCall>,
+        /// The caller cut this reply off; `content` is what they heard.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        interrupted: bool,
+    },
+    /// A tool's result.
+    Tool {
+        /// The `id` of the [`ToolCall`] this answers.
+        tool_call_id: String,
+        /// The result text the model reads.
+        content: String,
+    },
+}
+
+impl Message {
+    /// An assistant message with text only.
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Message::Assistant {
+            content: content.into(),
+            tool_calls: Vec::new(),
+            interrupted: false,
+        }
+    }
+}
+
+/// A complete tool call as the model made it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolCall {
+    /// The model's id for the call (`call_…`).
+    pub id: String,
+    /// Tool name.
+    pub name: String,
+    /// Arguments: JSON text as the model wrote it (not necessarily valid).
+    pub arguments: String,
+}
+
+/// A tool as the model sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolSpec {
+    /// `[a-zA-Z0-9_-]{1,64}`.
+    pub name: String,
+    /// When and how to use it, written for the model.
+    pub description: String,
+    /// JSON Schema of the arguments object.
+    pub parameters: serde_json::Value,
+}
+
+/// One piece of a streamed model response.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delta {
+    /// Text to speak, exactly as streamed (spaces kept).
+    Content(String),
+    /// A fragment of a tool call; fragments with the same `index` belong together.
+    ToolCall {
+        /// Position of the call in the response.
+        index: u32,
+        /// Set on the first fragment.
+        id: Option<String>,
+        /// Set on the first fragment.
+        name: Option<String>,
+        /// A piece of the arguments JSON text.
+        arguments: Option<String>,
+    },
+    /// The model finished (`stop`, `tool_calls`, `length`, …).
+    Finish(String),
+}
+
+/// A stream of deltas; dropping it aborts the request.
+pub type DeltaStream = BoxStream<'static, Result<Delta, LlmError>>;
+
+/// What the model is asked.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    /// The whole history, system prompt first.
+    pub messages: Vec<Message>,
+    /// Tools the model may call.
+    pub tools: Vec<ToolSpec>,
+}
+
+/// Why a model request failed. None of these end the call: the caller hears an apology.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum LlmError {
+    /// The server answered with an HTTP error status (retryable when 429 or 5xx).
+    #[error("model server answered HTTP {status}: {message}")]
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// Error text from the body.
+        message: String,
+    },
+    /// Connection or protocol failure, including a stream that broke mid-way.
+    #[error("model request failed: {0}")]
+    Transport(String),
+    /// A chunk that is not valid JSON of the expected shape.
+    #[error("model sent a malformed chunk: {0}")]
+    Decode(String),
+    /// No first chunk, or no next chunk, in time.
+    #[error("model timed out waiting for the {0}")]
+    Timeout(&'static str),
+    /// The stream ended without a finish reason: the response was cut.
+    #[error("model stream ended before the response was finished")]
+    Cut,
+    /// The model kept calling tools past the step limit.
+    #[error("model called tools for {0} steps without answering")]
+    TooManySteps(usize),
+}
+
+/// A streaming chat model. Implemented by the OpenAI-compatible client and the offline agent.
+pub trait ChatModel: Send + Sync + 'static {
+    /// Starts a streamed response. Dropping the returned stream aborts the request.
+    fn stream(&self, request: ChatRequest) -> BoxFuture<'static, Result<DeltaStream, LlmError>>;
+}
+
+/// The agent every call shares: model, tools, prompt and limits.
+pub struct Agent {
+    /// The model back end.
+    pub model: Arc<dyn ChatModel>,
+    /// Tools offered to the model.
+    pub tools: tools::ToolRegistry,
+    /// The system prompt.
+    pub system_prompt: String,
+    /// Request sent → first chunk.
+    pub first_token_timeout: Duration,
+    /// Longest gap between chunks.
+    pub idle_timeout: Duration,
+    /// Model calls per turn.
+    pub max_tool_steps: usize,
+}
+
+impl Agent {
+    /// Builds the agent `config` describes, with `tools`.
+    ///
+    /// # Errors
+    /// A message if the HTTP client for the model cannot be built (TLS set-up).
+    pub fn from_config(config: &Config, tools: tools::ToolRegistry) -> Result<Self, String> {
+        let model: Arc<dyn ChatModel> = match &config.llm.provider {
+            LlmProvider::OpenAi {
+                api_key,
+                base_url,
+                model,
+            } => Arc::new(openai::OpenAiModel::new(
+                base_url,
+                api_key.as_ref(),
+                model,
+                config.llm.first_token_timeout,
+            )?),
+            LlmProvider::Offline { token_delay } => {
+                Arc::new(offline::OfflineModel::new(*token_delay))
+            }
+        };
+        Ok(Agent {
+            model,
+            tools,
+            system_prompt: config.system_prompt.clone(),
+            first_token_timeout: config.llm.first_token_timeout,
+            idle_timeout: config.llm.idle_timeout,
+            max_tool_steps: config.llm.max_tool_steps,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_masked() {
+        assert_eq!(mask_number("+14155550123"), "***0123");
+        assert_eq!(mask_number("123"), "***");
+        assert_eq!(mask_number("client:alice"), "***lice");
+    }
+}

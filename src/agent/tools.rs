@@ -1,0 +1,204 @@
+//! The tool registry: named async functions the model may call, with OpenAI function-calling
+//! schemas (<https://platform.openai.com/docs/guides/function-calling>).
+//!
+//! A tool has a name, a description written for the model, a JSON Schema for its arguments, an
+//! async handler, and optionally a line to speak while it runs ("Let me check that."), so the
+//! caller never sits in silence during slow work.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use super::{CallContext, ToolSpec};
+
+/// What a handler is given.
+#[derive(Debug, Clone)]
+pub struct ToolInput {
+    /// The parsed arguments object the model wrote.
+    pub arguments: serde_json::Value,
+    /// The call the tool runs for.
+    pub call: Arc<CallContext>,
+    /// The turn that made the call (the session refuses actions from a turn that is over).
+    pub turn: u64,
+}
+
+/// A handler's answer: `Ok(text)` is the result the model reads; `Err(text)` is reported to the
+/// model as `{"error": text}` so it can recover (ask again, apologise).
+pub type ToolResult = Result<String, String>;
+
+/// An async tool handler.
+pub type ToolHandler = Arc<dyn Fn(ToolInput) -> BoxFuture<'static, ToolResult> + Send + Sync>;
+
+/// One tool.
+#[derive(Clone)]
+pub struct Tool {
+    /// What the model sees.
+    pub spec: ToolSpec,
+    /// Spoken before the tool runs, if set.
+    pub speak_while_running: Option<String>,
+    handler: ToolHandler,
+}
+
+impl std::fmt::Debug for Tool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tool")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tool {
+    /// A tool named `name` (`[a-zA-Z0-9_-]{1,64}`), described for the model, with a JSON Schema
+    /// `parameters` object and an async `handler`.
+    pub fn new<F, Fut>(
+        name: &str,
+        description: &str,
+        parameters: serde_json::Value,
+        handler: F,
+    ) -> Self
+    where
+        F: Fn(ToolInput) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ToolResult> + Send + 'static,
+    {
+        Tool {
+            spec: ToolSpec {
+                name: name.to_owned(),
+                description: description.to_owned(),
+                parameters,
+            },
+            speak_while_running: None,
+            handler: Arc::new(move |input| Box::pin(handler(input))),
+        }
+    }
+
+    /// Sets the line spoken while the tool runs.
+    pub fn speaking(mut self, line: &str) -> Self {
+        self.speak_while_running = Some(line.to_owned());
+        self
+    }
+
+    /// Runs the handler.
+    pub fn call(&self, input: ToolInput) -> BoxFuture<'static, ToolResult> {
+        (self.handler)(input)
+    }
+}
+
+/// Why a tool could not be registered.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RegistryError {
+    /// The name breaks OpenAI's rule `[a-zA-Z0-9_-]{1,64}`.
+    #[error("tool name {0:?} must be 1-64 characters of a-z, A-Z, 0-9, _ or -")]
+    BadName(String),
+    /// Another tool already has the name.
+    #[error("a tool named {0:?} is already registered")]
+    Duplicate(String),
+    /// `parameters` is not a JSON Schema object.
+    #[error("tool {0:?} parameters must be a JSON Schema object")]
+    BadSchema(String),
+}
+
+/// The tools offered to the model, in registration order.
+#[derive(Debug, Clone, Default)]
+pub struct ToolRegistry {
+    tools: Vec<Tool>,
+}
+
+impl ToolRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a tool.
+    ///
+    /// # Errors
+    /// [`RegistryError`] for a bad or duplicate name or a non-object schema.
+    pub fn register(&mut self, tool: Tool) -> Result<(), RegistryError> {
+        let name = &tool.spec.name;
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !valid {
+            return Err(RegistryError::BadName(name.clone()));
+        }
+        if self.get(name).is_some() {
+            return Err(RegistryError::Duplicate(name.clone()));
+        }
+        if !tool.spec.parameters.is_object() {
+            return Err(RegistryError::BadSchema(name.clone()));
+        }
+        self.tools.push(tool);
+        Ok(())
+    }
+
+    /// The tool named `name`.
+    pub fn get(&self, name: &str) -> Option<&Tool> {
+        self.tools.iter().find(|t| t.spec.name == name)
+    }
+
+    /// The specs sent to the model.
+    pub fn specs(&self) -> Vec<ToolSpec> {
+        self.tools.iter().map(|t| t.spec.clone()).collect()
+    }
+
+    /// Whether no tool is registered.
+    pub fn is_empty(&self) -> bool {
+        self.tools.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn tool(name: &str) -> Tool {
+        Tool::new(name, "d", json!({"type":"object"}), |_| async {
+            Ok("ok".into())
+        })
+    }
+
+    #[test]
+    fn registry_checks_names_and_schemas() {
+        let mut r = ToolRegistry::new();
+        r.register(tool("lookup_order")).unwrap();
+        assert_eq!(
+            r.register(tool("lookup_order")),
+            Err(RegistryError::Duplicate("lookup_order".into()))
+        );
+        assert!(matches!(
+            r.register(tool("bad name")),
+            Err(RegistryError::BadName(_))
+        ));
+        assert!(matches!(
+            r.register(tool("")),
+            Err(RegistryError::BadName(_))
+        ));
+        let no_schema = Tool::new("x", "d", json!("string"), |_| async { Ok(String::new()) });
+        assert!(matches!(
+            r.register(no_schema),
+            Err(RegistryError::BadSchema(_))
+        ));
+        assert_eq!(r.specs().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn handlers_run_with_their_input() {
+        let t = Tool::new(
+            "echo",
+            "d",
+            json!({"type":"object"}),
+            |input: ToolInput| async move { Ok(input.arguments["x"].to_string()) },
+        );
+        let out = t
+            .call(ToolInput {
+                arguments: json!({"x": 5}),
+                call: Arc::new(CallContext::default()),
+                turn: 1,
+            })
+            .await;
+        assert_eq!(out, Ok("5".into()));
+    }
+}

@@ -1,0 +1,266 @@
+//! One caller turn: ask the model, stream its words out as they arrive, run the tools it calls,
+//! feed the results back, and repeat until it answers in text (at most `max_tool_steps` model
+//! calls).
+//!
+//! The turn runs as its own task and reports [`TurnEvent`]s to the call session over a channel;
+//! it never touches the socket. Cancelling it (dropping the future) drops the model's HTTP
+//! stream and any tool still running.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use futures::StreamExt;
+use tokio::{sync::mpsc, time::Instant};
+
+use super::{
+    tools::{ToolInput, ToolResult},
+    Agent, CallContext, ChatRequest, Delta, LlmError, Message, ToolCall,
+};
+
+/// Identifies a turn within a call; events of a turn that is no longer current are dropped.
+pub type TurnId = u64;
+
+/// What a turn tells the session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TurnEvent {
+    /// Model text to speak now (part of the assistant message being written).
+    Content(String),
+    /// A tool's "while running" line to speak now (not part of any message).
+    Filler(String),
+    /// Messages completed in this step, to append to the history in order. Content already
+    /// streamed through [`TurnEvent::Content`] is repeated in the assistant message here.
+    Commit(Vec<Message>),
+    /// The model answered; the turn is over.
+    Done,
+    /// The model failed. Nothing more comes from this turn; the session speaks an apology.
+    Failed(LlmError),
+}
+
+/// Everything a turn needs besides the agent.
+#[derive(Debug, Clone)]
+pub struct TurnInput {
+    /// This turn's id, echoed in every event.
+    pub id: TurnId,
+    /// The call.
+    pub call: Arc<CallContext>,
+    /// The history so far, system prompt first, ending with the caller's new message.
+    pub messages: Vec<Message>,
+}
+
+#[derive(Default)]
+struct PartialCall {
+    id: Option<String>,
+    name: Option<String>,
+    arguments: String,
+}
+
+/// Runs one turn to its end, sending `(turn id, event)` pairs to `events`. Returns early if the
+/// session has gone (the receiver is dropped).
+pub async fn run_turn(
+    agent: Arc<Agent>,
+    input: TurnInput,
+    events: mpsc::Sender<(TurnId, TurnEvent)>,
+) {
+    let TurnInput {
+        id,
+        call,
+        mut messages,
+    } = input;
+    let send = |event: TurnEvent| {
+        let events = events.clone();
+        async move { events.send((id, event)).await.is_ok() }
+    };
+    let specs = agent.tools.specs();
+    for _step in 0..agent.max_tool_steps {
+        let step = match stream_step(&agent, &messages, &specs, &send).await {
+            Ok(step) => step,
+            Err(StepError::SessionGone) => return,
+            Err(StepError::Llm(e)) => {
+                send(TurnEvent::Failed(e)).await;
+                return;
+            }
+        };
+        if step.calls.is_empty() {
+            let commit = vec![Message::assistant(step.content)];
+            if send(TurnEvent::Commit(commit)).await {
+                send(TurnEvent::Done).await;
+            }
+            return;
+        }
+        // Speak the "while running" lines (once each) before the tools start.
+        let mut fillers: Vec<&str> = step
+            .calls
+            .iter()
+            .filter_map(|c| agent.tools.get(&c.name)?.speak_while_running.as_deref())
+            .collect();
+        fillers.dedup();
+        for line in fillers {
+            if !send(TurnEvent::Filler(line.to_owned())).await {
+                return;
+            }
+        }
+        let results =
+            futures::future::join_all(step.calls.iter().map(|c| run_tool(&agent, c, &call, id)))
+                .await;
+        let mut commit = vec![Message::Assistant {
+            content: step.content,
+            tool_calls: step.calls.clone(),
+            interrupted: false,
+        }];
+        commit.extend(
+            step.calls
+                .iter()
+                .zip(results)
+                .map(|(c, result)| Message::Tool {
+                    tool_call_id: c.id.clone(),
+                    content: match result {
+                        Ok(text) => text,
+                        Err(error) => serde_json::json!({ "error": error }).to_string(),
+                    },
+                }),
+        );
+        messages.extend(commit.iter().cloned());
+        if !send(TurnEvent::Commit(commit)).await {
+            return;
+        }
+    }
+    send(TurnEvent::Failed(LlmError::TooManySteps(
+        agent.max_tool_steps,
+    )))
+    .await;
+}
+
+enum StepError {
+    Llm(LlmError),
+    /// The session stopped listening: nobody to speak to.
+    SessionGone,
+}
+
+impl From<LlmError> for StepError {
+    fn from(e: LlmError) -> Self {
+        StepError::Llm(e)
+    }
+}
+
+struct Step {
+    content: String,
+    calls: Vec<ToolCall>,
+}
+
+/// One model call: streams content out as it arrives and assembles tool calls by index.
+async fn stream_step<F, Fut>(
+    agent: &Agent,
+    messages: &[Message],
+    specs: &[super::ToolSpec],
+    send: &F,
+) -> Result<Step, StepError>
+where
+    F: Fn(TurnEvent) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + agent.first_token_timeout;
+    let request = ChatRequest {
+        messages: messages.to_vec(),
+        tools: specs.to_vec(),
+    };
+    let mut stream = tokio::time::timeout_at(deadline, agent.model.stream(request))
+        .await
+        .map_err(|_| LlmError::Timeout("first token"))??;
+    let mut content = String::new();
+    let mut partial: BTreeMap<u32, PartialCall> = BTreeMap::new();
+    let mut finished = false;
+    let mut first = true;
+    loop {
+        let next = if first {
+            tokio::time::timeout_at(deadline, stream.next()).await
+        } else {
+            tokio::time::timeout(agent.idle_timeout, stream.next()).await
+        };
+        let Ok(next) = next else {
+            return Err(LlmError::Timeout(if first { "first token" } else { "next chunk" }).into());
+        };
+        first = false;
+        match next {
+            None => break,
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(Delta::Content(text))) => {
+                if text.is_empty() {
+                    continue;
+                }
+                content.push_str(&text);
+                if !send(TurnEvent::Content(text)).await {
+                    return Err(StepError::SessionGone);
+                }
+            }
+            Some(Ok(Delta::ToolCall {
+                index,
+                id,
+                name,
+                arguments,
+            })) => {
+                let call = partial.entry(index).or_default();
+                if let Some(id) = id.filter(|s| !s.is_empty()) {
+                    call.id = Some(id);
+                }
+                if let Some(name) = name.filter(|s| !s.is_empty()) {
+                    // Some servers repeat the name on every fragment; others send it once.
+                    match &mut call.name {
+                        Some(existing) if *existing != name => existing.push_str(&name),
+                        Some(_) => {}
+                        None => call.name = Some(name),
+                    }
+                }
+                if let Some(arguments) = arguments {
+                    call.arguments.push_str(&arguments);
+                }
+            }
+            Some(Ok(Delta::Finish(_))) => finished = true,
+        }
+    }
+    if !finished {
+        return Err(LlmError::Cut.into());
+    }
+    let calls = partial
+        .into_iter()
+        .map(|(index, c)| ToolCall {
+            id: c.id.unwrap_or_else(|| format!("call_{index}")),
+            name: c.name.unwrap_or_default(),
+            arguments: c.arguments,
+        })
+        .collect();
+    Ok(Step { content, calls })
+}
+
+async fn run_tool(
+    agent: &Agent,
+    call: &ToolCall,
+    context: &Arc<CallContext>,
+    turn: TurnId,
+) -> ToolResult {
+    let Some(tool) = agent.tools.get(&call.name) else {
+        tracing::warn!(tool = %call.name, "model called an unknown tool");
+        return Err(format!("there is no tool named {:?}", call.name));
+    };
+    let arguments = if call.arguments.trim().is_empty() {
+        serde_json::json!({})
+    } else {
+        match serde_json::from_str::<serde_json::Value>(&call.arguments) {
+            Ok(v) if v.is_object() => v,
+            _ => {
+                tracing::warn!(tool = %call.name, "model wrote arguments that are not a JSON object");
+                return Err(
+                    "the arguments were not a valid JSON object; call the tool again".into(),
+                );
+            }
+        }
+    };
+    let started = Instant::now();
+    let result = tool
+        .call(ToolInput {
+            arguments,
+            call: context.clone(),
+            turn,
+        })
+        .await;
+    tracing::info!(tool = %call.name, ok = result.is_ok(), elapsed_ms = started.elapsed().as_millis() as u64, "tool ran");
+    result
+}

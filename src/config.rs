@@ -1,0 +1,733 @@
+//! Configuration from the environment (and `.env`, loaded by `main` through dotenvy).
+//!
+//! Every setting is an environment variable named the way Twilio and OpenAI name things
+//! (`TWILIO_AUTH_TOKEN`, `OPENAI_API_KEY`, …). `.env.example` lists them all with defaults.
+//! [`Config::from_vars`] takes the variables as pairs so tests build configs without touching
+//! the process environment. A wrong value is a [`ConfigError`] naming the variable and what is
+//! wrong with it; the server refuses to start.
+//!
+//! `<ConversationRelay>` attributes are read from `CR_` + the attribute name in
+//! SCREAMING_SNAKE_CASE (`CR_TTS_PROVIDER` → `ttsProvider`), except `WELCOME_GREETING` and
+//! `WELCOME_GREETING_INTERRUPTIBLE`, which the agent also uses. The prefix keeps them clear of
+//! the operating system's own `LANGUAGE` and `DEBUG`. Unknown `CR_*` variables are passed through
+//! as attributes (with a warning at start), so attributes newer than this build still work.
+
+use std::{collections::HashMap, net::IpAddr, path::PathBuf, time::Duration};
+
+use secrecy::SecretString;
+
+use crate::twilio::twiml::LanguageElement;
+
+/// A setting that stops the server at start.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{var}: {problem}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub var: String,
+    /// What is wrong, with the value when it is not secret.
+    pub problem: String,
+}
+
+fn invalid(var: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var: var.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+/// Which model answers the caller.
+#[derive(Debug, Clone)]
+pub enum LlmProvider {
+    /// Any OpenAI-compatible Chat Completions endpoint (OpenAI, vLLM, Ollama, Groq, gateways).
+    OpenAi {
+        /// `OPENAI_API_KEY`; optional when `OPENAI_BASE_URL` points at a server that needs none.
+        api_key: Option<SecretString>,
+        /// `OPENAI_BASE_URL`, default `https://api.openai.com/v1`.
+        base_url: String,
+        /// `OPENAI_MODEL`, default `gpt-4o-mini`.
+        model: String,
+    },
+    /// The built-in rule-based stand-in (no key needed).
+    Offline {
+        /// `OFFLINE_TOKEN_DELAY_MS` (default 40 ms): pause between streamed words.
+        token_delay: Duration,
+    },
+}
+
+/// Model and turn settings.
+#[derive(Debug, Clone)]
+pub struct LlmConfig {
+    /// Which model answers.
+    pub provider: LlmProvider,
+    /// `LLM_FIRST_TOKEN_TIMEOUT_MS` (default 8000 ms): request sent → first streamed chunk.
+    pub first_token_timeout: Duration,
+    /// `LLM_STREAM_IDLE_TIMEOUT_MS` (default 5000 ms): longest gap between two chunks.
+    pub idle_timeout: Duration,
+    /// `AGENT_MAX_TOOL_STEPS` (default 5): model calls per turn before we stop looping on tools.
+    pub max_tool_steps: usize,
+}
+
+/// Twilio credentials.
+#[derive(Debug, Clone, Default)]
+pub struct TwilioConfig {
+    /// `TWILIO_ACCOUNT_SID` (`AC…`).
+    pub account_sid: Option<String>,
+    /// `TWILIO_AUTH_TOKEN`: signs requests (the simulator) and validates them.
+    pub auth_token: Option<SecretString>,
+}
+
+/// What goes into `<ConversationRelay>`.
+#[derive(Debug, Clone, Default)]
+pub struct RelayConfig {
+    /// Attributes in emission order (name as Twilio spells it, value), unset ones omitted.
+    pub attributes: Vec<(String, String)>,
+    /// `CR_LANGUAGES`: `<Language>` children.
+    pub languages: Vec<LanguageElement>,
+    /// `CR_PARAMETERS`: static `<Parameter>` children, added after From/To/CallSid.
+    pub parameters: Vec<(String, String)>,
+    /// `CR_*` variables that are not known attributes (passed through; warned about at start).
+    pub unknown_attributes: Vec<String>,
+}
+
+impl RelayConfig {
+    /// The value of an attribute, if set.
+    pub fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `HOST` (default `127.0.0.1`).
+    pub host: IpAddr,
+    /// `PORT` (default 8080; 0 = any free port).
+    pub port: u16,
+    /// `PUBLIC_URL`: the https base Twilio reaches us at (ngrok or a load balancer), no trailing
+    /// slash. Unset: derived per request from `X-Forwarded-Proto`/`X-Forwarded-Host`/`Host`.
+    pub public_url: Option<url::Url>,
+    /// Model settings.
+    pub llm: LlmConfig,
+    /// `SYSTEM_PROMPT_FILE`'s contents, or the built-in prompt written for the ear.
+    pub system_prompt: String,
+    /// `WELCOME_GREETING` (unset: a default greeting; empty: none). Twilio speaks it; it is also
+    /// the assistant's first message in the history.
+    pub welcome_greeting: Option<String>,
+    /// `LLM_ERROR_LINE`: spoken when the model fails mid-turn.
+    pub error_line: String,
+    /// Twilio credentials.
+    pub twilio: TwilioConfig,
+    /// `<ConversationRelay>` contents.
+    pub relay: RelayConfig,
+}
+
+/// The greeting when `WELCOME_GREETING` is unset.
+pub const DEFAULT_WELCOME_GREETING: &str = "Hi, this is relaybot. How can I help you today?";
+/// Spoken when the model fails mid-turn and `LLM_ERROR_LINE` is unset.
+pub const DEFAULT_ERROR_LINE: &str =
+    "Sorry, I'm having trouble answering right now. Could you say that again?";
+
+/// How a known `<ConversationRelay>` attribute is checked.
+#[derive(Clone, Copy)]
+enum Check {
+    Text,
+    OneOf(&'static [&'static str]),
+    Bool,
+    /// A space-separated list drawn from these words.
+    Words(&'static [&'static str]),
+    /// An integer in the range, or one of the words.
+    IntOr(u32, u32, &'static [&'static str]),
+    Float(f64, f64),
+}
+
+const INPUT_KINDS: &[&str] = &["none", "dtmf", "speech", "any"];
+
+/// Every documented `<ConversationRelay>` attribute (except `url`), in emission order, with its
+/// environment variable and check. Source: the TwiML noun reference and the shared protocol notes.
+const ATTRIBUTES: &[(&str, &str, Check)] = &[
+    ("welcomeGreeting", "WELCOME_GREETING", Check::Text),
+    (
+        "welcomeGreetingInterruptible",
+        "WELCOME_GREETING_INTERRUPTIBLE",
+        Check::OneOf(INPUT_KINDS),
+    ),
+    ("language", "CR_LANGUAGE", Check::Text),
+    ("ttsLanguage", "CR_TTS_LANGUAGE", Check::Text),
+    (
+        "transcriptionLanguage",
+        "CR_TRANSCRIPTION_LANGUAGE",
+        Check::Text,
+    ),
+    (
+        "ttsProvider",
+        "CR_TTS_PROVIDER",
+        Check::OneOf(&["Google", "Amazon", "ElevenLabs"]),
+    ),
+    ("voice", "CR_VOICE", Check::Text),
+    (
+        "transcriptionProvider",
+        "CR_TRANSCRIPTION_PROVIDER",
+        Check::OneOf(&["Google", "Deepgram"]),
+    ),
+    ("speechModel", "CR_SPEECH_MODEL", Check::Text),
+    (
+        "interruptible",
+        "CR_INTERRUPTIBLE",
+        Check::OneOf(&["none", "dtmf", "speech", "any", "true", "false"]),
+    ),
+    (
+        "interruptSensitivity",
+        "CR_INTERRUPT_SENSITIVITY",
+        Check::OneOf(&["low", "medium", "high"]),
+    ),
+    ("dtmfDetection", "CR_DTMF_DETECTION", Check::Bool),
+    (
+        "reportInputDuringAgentSpeech",
+        "CR_REPORT_INPUT_DURING_AGENT_SPEECH",
+        Check::OneOf(INPUT_KINDS),
+    ),
+    ("preemptible", "CR_PREEMPTIBLE", Check::Bool),
+    ("partialPrompts", "CR_PARTIAL_PROMPTS", Check::Bool),
+    ("hints", "CR_HINTS", Check::Text),
+    (
+        "elevenlabsTextNormalization",
+        "CR_ELEVENLABS_TEXT_NORMALIZATION",
+        Check::OneOf(&["on", "auto", "off"]),
+    ),
+    (
+        "intelligenceService",
+        "CR_INTELLIGENCE_SERVICE",
+        Check::Text,
+    ),
+    (
+        "events",
+        "CR_EVENTS",
+        Check::Words(&["speaker-events", "tokens-played", "config-updated"]),
+    ),
+    (
+        "debug",
+        "CR_DEBUG",
+        Check::Words(&["debugging", "speaker-events", "tokens-played"]),
+    ),
+    (
+        "speechTimeout",
+        "CR_SPEECH_TIMEOUT",
+        Check::IntOr(600, 5000, &["auto"]),
+    ),
+    ("eotThreshold", "CR_EOT_THRESHOLD", Check::Float(0.5, 0.9)),
+    ("ignoreBackchannel", "CR_IGNORE_BACKCHANNEL", Check::Bool),
+    (
+        "deepgramSmartFormat",
+        "CR_DEEPGRAM_SMART_FORMAT",
+        Check::Bool,
+    ),
+    ("profanityFilter", "CR_PROFANITY_FILTER", Check::Bool),
+    (
+        "backgroundNoiseReduction",
+        "CR_BACKGROUND_NOISE_REDUCTION",
+        Check::Text,
+    ),
+    (
+        "conversationConfiguration",
+        "CR_CONVERSATION_CONFIGURATION",
+        Check::Text,
+    ),
+];
+
+/// Defaults we choose where Twilio's own default does not suit a voice agent: DTMF on (so
+/// keypresses reach the agent) and speaker events on (so we know when the caller has heard a
+/// line).
+const ATTRIBUTE_DEFAULTS: &[(&str, &str)] =
+    &[("dtmfDetection", "true"), ("events", "speaker-events")];
+
+fn check(var: &str, value: &str, check: Check) -> Result<String, ConfigError> {
+    let value = value.trim();
+    match check {
+        Check::Text => Ok(value.to_owned()),
+        Check::OneOf(allowed) => allowed
+            .iter()
+            .find(|a| a.eq_ignore_ascii_case(value))
+            .map(|a| (*a).to_owned())
+            .ok_or_else(|| {
+                invalid(
+                    var,
+                    format!("{value:?} is not one of {}", allowed.join(", ")),
+                )
+            }),
+        Check::Bool => match value.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok("true".into()),
+            "false" | "0" | "no" | "off" => Ok("false".into()),
+            _ => Err(invalid(var, format!("{value:?} is not true or false"))),
+        },
+        Check::Words(allowed) => {
+            let words: Vec<&str> = value.split([' ', ',']).filter(|w| !w.is_empty()).collect();
+            match words.iter().find(|w| !allowed.contains(w)) {
+                Some(bad) => Err(invalid(
+                    var,
+                    format!(
+                        "{bad:?} is not one of {} (space-separated)",
+                        allowed.join(", ")
+                    ),
+                )),
+                None => Ok(words.join(" ")),
+            }
+        }
+        Check::IntOr(min, max, words) => {
+            if words.contains(&value) {
+                return Ok(value.to_owned());
+            }
+            match value.parse::<u32>() {
+                Ok(n) if (min..=max).contains(&n) => Ok(n.to_string()),
+                _ => Err(invalid(
+                    var,
+                    format!(
+                        "{value:?} is not an integer {min}–{max} or {}",
+                        words.join("/")
+                    ),
+                )),
+            }
+        }
+        Check::Float(min, max) => match value.parse::<f64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(value.to_owned()),
+            _ => Err(invalid(
+                var,
+                format!("{value:?} is not a number {min}–{max}"),
+            )),
+        },
+    }
+}
+
+/// `CR_SOME_NAME` → `someName`.
+fn camel_case(screaming: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in screaming.split('_').filter(|p| !p.is_empty()).enumerate() {
+        let lower = part.to_ascii_lowercase();
+        if i == 0 {
+            out.push_str(&lower);
+        } else {
+            let mut chars = lower.chars();
+            if let Some(first) = chars.next() {
+                out.push(first.to_ascii_uppercase());
+                out.extend(chars);
+            }
+        }
+    }
+    out
+}
+
+struct Vars(HashMap<String, String>);
+
+impl Vars {
+    /// A variable's value; empty counts as unset.
+    fn get(&self, var: &str) -> Option<&str> {
+        self.0
+            .get(var)
+            .map(String::as_str)
+            .filter(|v| !v.trim().is_empty())
+    }
+
+    fn parse<T: std::str::FromStr>(
+        &self,
+        var: &str,
+        default: T,
+        what: &str,
+    ) -> Result<T, ConfigError> {
+        match self.get(var) {
+            None => Ok(default),
+            Some(v) => v
+                .trim()
+                .parse()
+                .map_err(|_| invalid(var, format!("{v:?} is not {what}"))),
+        }
+    }
+
+    fn millis(&self, var: &str, default_ms: u64) -> Result<Duration, ConfigError> {
+        let ms = self.parse(var, default_ms, "a whole number of milliseconds")?;
+        if ms == 0 {
+            return Err(invalid(var, "must be greater than 0 ms"));
+        }
+        Ok(Duration::from_millis(ms))
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        var: &str,
+        example: &str,
+    ) -> Result<Option<T>, ConfigError> {
+        self.get(var)
+            .map(|v| {
+                serde_json::from_str(v)
+                    .map_err(|e| invalid(var, format!("not valid JSON of the form {example}: {e}")))
+            })
+            .transpose()
+    }
+}
+
+impl Config {
+    /// Reads the process environment (call `dotenvy::dotenv()` first to include `.env`).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first variable with a wrong value.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(std::env::vars())
+    }
+
+    /// Builds a config from `(name, value)` pairs.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first variable with a wrong value.
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let vars = Vars(vars.into_iter().collect());
+
+        let host = vars.parse(
+            "HOST",
+            IpAddr::from([127, 0, 0, 1]),
+            "an IP address such as 127.0.0.1 or 0.0.0.0",
+        )?;
+        let port = vars.parse("PORT", 8080u16, "a port number 0–65535")?;
+        let public_url = vars
+            .get("PUBLIC_URL")
+            .map(|v| {
+                let parsed = url::Url::parse(v.trim().trim_end_matches('/'))
+                    .map_err(|e| invalid("PUBLIC_URL", format!("{v:?} is not a URL: {e}")))?;
+                if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+                    return Err(invalid(
+                        "PUBLIC_URL",
+                        format!("{v:?} must be an http(s) URL such as https://abc.ngrok.app"),
+                    ));
+                }
+                if parsed.query().is_some() || parsed.fragment().is_some() {
+                    return Err(invalid("PUBLIC_URL", "must not have a query or fragment"));
+                }
+                Ok(parsed)
+            })
+            .transpose()?;
+
+        let api_key = vars
+            .get("OPENAI_API_KEY")
+            .map(|k| SecretString::from(k.trim().to_owned()));
+        let base_url = vars
+            .get("OPENAI_BASE_URL")
+            .map(|v| v.trim().trim_end_matches('/').to_owned());
+        if let Some(base) = &base_url {
+            match url::Url::parse(base) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                _ => {
+                    return Err(invalid(
+                        "OPENAI_BASE_URL",
+                        format!("{base:?} is not an http(s) URL such as https://api.openai.com/v1"),
+                    ))
+                }
+            }
+        }
+        let model = vars
+            .get("OPENAI_MODEL")
+            .unwrap_or("gpt-4o-mini")
+            .trim()
+            .to_owned();
+        let offline = LlmProvider::Offline {
+            token_delay: Duration::from_millis(vars.parse(
+                "OFFLINE_TOKEN_DELAY_MS",
+                40u64,
+                "a whole number of milliseconds",
+            )?),
+        };
+        let openai = |api_key: Option<SecretString>| LlmProvider::OpenAi {
+            api_key,
+            base_url: base_url
+                .clone()
+                .unwrap_or_else(|| "https://api.openai.com/v1".into()),
+            model: model.clone(),
+        };
+        let provider = match vars
+            .get("LLM_PROVIDER")
+            .map(|v| v.trim().to_ascii_lowercase())
+        {
+            None if api_key.is_some() => openai(api_key),
+            None => offline,
+            Some(p) if p == "offline" => offline,
+            Some(p) if p == "openai" => {
+                if api_key.is_none() && base_url.is_none() {
+                    return Err(invalid(
+                        "OPENAI_API_KEY",
+                        "LLM_PROVIDER=openai needs OPENAI_API_KEY (or OPENAI_BASE_URL for a server that needs no key)",
+                    ));
+                }
+                openai(api_key)
+            }
+            Some(p) => {
+                return Err(invalid(
+                    "LLM_PROVIDER",
+                    format!("{p:?} is not openai or offline"),
+                ))
+            }
+        };
+        let max_tool_steps = vars.parse("AGENT_MAX_TOOL_STEPS", 5usize, "a whole number")?;
+        if max_tool_steps == 0 {
+            return Err(invalid("AGENT_MAX_TOOL_STEPS", "must be at least 1"));
+        }
+        let llm = LlmConfig {
+            provider,
+            first_token_timeout: vars.millis("LLM_FIRST_TOKEN_TIMEOUT_MS", 8000)?,
+            idle_timeout: vars.millis("LLM_STREAM_IDLE_TIMEOUT_MS", 5000)?,
+            max_tool_steps,
+        };
+
+        let system_prompt = match vars.get("SYSTEM_PROMPT_FILE") {
+            None => crate::agent::DEFAULT_SYSTEM_PROMPT.to_owned(),
+            Some(path) => {
+                let path = PathBuf::from(path.trim());
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    invalid(
+                        "SYSTEM_PROMPT_FILE",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                if text.trim().is_empty() {
+                    return Err(invalid(
+                        "SYSTEM_PROMPT_FILE",
+                        format!("{} is empty", path.display()),
+                    ));
+                }
+                text
+            }
+        };
+
+        // WELCOME_GREETING: unset → default; set but empty → no greeting.
+        let welcome_greeting = match vars.0.get("WELCOME_GREETING") {
+            None => Some(DEFAULT_WELCOME_GREETING.to_owned()),
+            Some(v) if v.trim().is_empty() => None,
+            Some(v) => Some(v.trim().to_owned()),
+        };
+
+        let twilio = TwilioConfig {
+            account_sid: vars.get("TWILIO_ACCOUNT_SID").map(|s| s.trim().to_owned()),
+            auth_token: vars
+                .get("TWILIO_AUTH_TOKEN")
+                .map(|t| SecretString::from(t.trim().to_owned())),
+        };
+        if let Some(sid) = &twilio.account_sid {
+            if !sid.starts_with("AC") || sid.len() != 34 {
+                return Err(invalid(
+                    "TWILIO_ACCOUNT_SID",
+                    format!("{sid:?} is not an account SID (AC + 32 hex characters)"),
+                ));
+            }
+        }
+
+        let relay = relay_config(&vars, welcome_greeting.as_deref())?;
+        Ok(Config {
+            host,
+            port,
+            public_url,
+            llm,
+            system_prompt,
+            welcome_greeting,
+            error_line: vars
+                .get("LLM_ERROR_LINE")
+                .unwrap_or(DEFAULT_ERROR_LINE)
+                .trim()
+                .to_owned(),
+            twilio,
+            relay,
+        })
+    }
+
+    /// A one-line description of the model that answers, for the startup log.
+    pub fn describe_llm(&self) -> String {
+        match &self.llm.provider {
+            LlmProvider::OpenAi { base_url, model, .. } => {
+                format!("OpenAI-compatible model {model} at {base_url}")
+            }
+            LlmProvider::Offline { .. } => {
+                "the built-in offline agent (a rule-based stand-in, not an LLM; set OPENAI_API_KEY for a real model)".into()
+            }
+        }
+    }
+}
+
+fn relay_config(vars: &Vars, welcome: Option<&str>) -> Result<RelayConfig, ConfigError> {
+    let mut attributes = Vec::new();
+    for (name, var, rule) in ATTRIBUTES {
+        let value = if *name == "welcomeGreeting" {
+            welcome.map(str::to_owned)
+        } else {
+            match vars.get(var) {
+                Some(v) => Some(check(var, v, *rule)?),
+                None => ATTRIBUTE_DEFAULTS
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| (*v).to_owned()),
+            }
+        };
+        if let Some(value) = value.filter(|v| !v.is_empty()) {
+            attributes.push(((*name).to_owned(), value));
+        }
+    }
+    let known: Vec<&str> = ATTRIBUTES.iter().map(|(_, var, _)| *var).collect();
+    let own = ["CR_LANGUAGES", "CR_PARAMETERS"];
+    let mut unknown: Vec<(&String, &String)> = vars
+        .0
+        .iter()
+        .filter(|(k, v)| {
+            k.starts_with("CR_")
+                && !known.contains(&k.as_str())
+                && !own.contains(&k.as_str())
+                && !v.trim().is_empty()
+        })
+        .collect();
+    unknown.sort();
+    let mut unknown_attributes = Vec::new();
+    for (var, value) in unknown {
+        let name = camel_case(&var["CR_".len()..]);
+        if name.is_empty() {
+            continue;
+        }
+        unknown_attributes.push(var.clone());
+        attributes.push((name, value.trim().to_owned()));
+    }
+
+    let languages: Vec<LanguageElement> = vars
+        .json(
+            "CR_LANGUAGES",
+            r#"[{"code":"es-ES","ttsProvider":"Google","voice":"es-ES-Neural2-A"}]"#,
+        )?
+        .unwrap_or_default();
+    if let Some(bad) = languages.iter().find(|l| l.code.trim().is_empty()) {
+        return Err(invalid(
+            "CR_LANGUAGES",
+            format!("every language needs a code: {bad:?}"),
+        ));
+    }
+    let parameters: std::collections::BTreeMap<String, String> = vars
+        .json("CR_PARAMETERS", r#"{"tenantId":"t_123"}"#)?
+        .unwrap_or_default();
+    let reserved = ["From", "To", "CallSid"];
+    if let Some(name) = parameters.keys().find(|k| reserved.contains(&k.as_str())) {
+        return Err(invalid(
+            "CR_PARAMETERS",
+            format!("{name} is set by relaybot itself from the call"),
+        ));
+    }
+    Ok(RelayConfig {
+        attributes,
+        languages,
+        parameters: parameters.into_iter().collect(),
+        unknown_attributes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_vars(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn defaults_run_offline_on_localhost() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.host.to_string(), "127.0.0.1");
+        assert_eq!(c.port, 8080);
+        assert!(matches!(c.llm.provider, LlmProvider::Offline { .. }));
+        assert_eq!(
+            c.welcome_greeting.as_deref(),
+            Some(DEFAULT_WELCOME_GREETING)
+        );
+        assert_eq!(c.relay.attribute("dtmfDetection"), Some("true"));
+        assert_eq!(c.relay.attribute("events"), Some("speaker-events"));
+        assert_eq!(
+            c.relay.attribute("welcomeGreeting"),
+            Some(DEFAULT_WELCOME_GREETING)
+        );
+    }
+
+    #[test]
+    fn a_key_selects_openai() {
+        let c = config(&[("OPENAI_API_KEY", "sk-test"), ("OPENAI_MODEL", "gpt-x")]).unwrap();
+        let LlmProvider::OpenAi {
+            model, base_url, ..
+        } = &c.llm.provider
+        else {
+            panic!()
+        };
+        assert_eq!(model, "gpt-x");
+        assert_eq!(base_url, "https://api.openai.com/v1");
+        assert!(
+            !format!("{c:?}").contains("sk-test"),
+            "the key must never be printed"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = |pairs: &[(&str, &str)]| config(pairs).unwrap_err().var;
+        assert_eq!(err(&[("PORT", "eighty")]), "PORT");
+        assert_eq!(err(&[("HOST", "localhost:1")]), "HOST");
+        assert_eq!(err(&[("PUBLIC_URL", "ftp://x")]), "PUBLIC_URL");
+        assert_eq!(err(&[("LLM_PROVIDER", "claude")]), "LLM_PROVIDER");
+        assert_eq!(err(&[("LLM_PROVIDER", "openai")]), "OPENAI_API_KEY");
+        assert_eq!(err(&[("CR_TTS_PROVIDER", "Acme")]), "CR_TTS_PROVIDER");
+        assert_eq!(err(&[("CR_SPEECH_TIMEOUT", "100")]), "CR_SPEECH_TIMEOUT");
+        assert_eq!(err(&[("CR_EVENTS", "speaker-events bogus")]), "CR_EVENTS");
+        assert_eq!(err(&[("CR_DTMF_DETECTION", "maybe")]), "CR_DTMF_DETECTION");
+        assert_eq!(err(&[("CR_LANGUAGES", "es-ES")]), "CR_LANGUAGES");
+        assert_eq!(
+            err(&[("CR_PARAMETERS", r#"{"From":"x"}"#)]),
+            "CR_PARAMETERS"
+        );
+        assert_eq!(
+            err(&[("SYSTEM_PROMPT_FILE", "/no/such/file")]),
+            "SYSTEM_PROMPT_FILE"
+        );
+        assert_eq!(err(&[("TWILIO_ACCOUNT_SID", "123")]), "TWILIO_ACCOUNT_SID");
+        assert_eq!(
+            err(&[("LLM_FIRST_TOKEN_TIMEOUT_MS", "0")]),
+            "LLM_FIRST_TOKEN_TIMEOUT_MS"
+        );
+    }
+
+    #[test]
+    fn relay_attributes_are_normalised_and_unknown_ones_pass_through() {
+        let c = config(&[
+            ("CR_TTS_PROVIDER", "elevenlabs"),
+            ("CR_INTERRUPTIBLE", "speech"),
+            ("CR_DTMF_DETECTION", "no"),
+            ("CR_APPLICATION_RECONNECT", "true"),
+            ("CR_LANGUAGES", r#"[{"code":"es-ES","voice":"v"}]"#),
+            ("CR_PARAMETERS", r#"{"tenantId":"t_1"}"#),
+            ("WELCOME_GREETING", ""),
+        ])
+        .unwrap();
+        assert_eq!(c.relay.attribute("ttsProvider"), Some("ElevenLabs"));
+        assert_eq!(c.relay.attribute("interruptible"), Some("speech"));
+        assert_eq!(c.relay.attribute("dtmfDetection"), Some("false"));
+        assert_eq!(c.relay.attribute("applicationReconnect"), Some("true"));
+        assert_eq!(c.relay.attribute("welcomeGreeting"), None);
+        assert_eq!(c.relay.unknown_attributes, vec!["CR_APPLICATION_RECONNECT"]);
+        assert_eq!(c.relay.languages[0].code, "es-ES");
+        assert_eq!(c.relay.parameters, vec![("tenantId".into(), "t_1".into())]);
+        assert_eq!(c.welcome_greeting, None);
+    }
+
+    #[test]
+    fn camel_case_matches_twilio_spelling() {
+        assert_eq!(
+            camel_case("ELEVENLABS_TEXT_NORMALIZATION"),
+            "elevenlabsTextNormalization"
+        );
+        assert_eq!(
+            camel_case("REPORT_INPUT_DURING_AGENT_SPEECH"),
+            "reportInputDuringAgentSpeech"
+        );
+        for (name, var, _) in ATTRIBUTES.iter().skip(2) {
+            assert_eq!(camel_case(&var["CR_".len()..]), *name, "{var}");
+        }
+    }
+}

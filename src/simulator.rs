@@ -1,0 +1,676 @@
+//! `relaybot call`: a terminal caller that plays Twilio's part of a Conversation Relay call, so
+//! the agent can be tried with no Twilio account. The integration tests drive the server with the
+//! same [`Caller`].
+//!
+//! What it does, in Twilio's order: POST the voice webhook (`/twiml`, signed with
+//! `TWILIO_AUTH_TOKEN` when set), read the `<Connect><ConversationRelay>` TwiML, open the
+//! WebSocket (to the local server even when the TwiML names a public `wss://` host), send
+//! `setup` with the `<Parameter>`s as `customParameters`, then `prompt`/`dtmf`/`interrupt` frames
+//! for what the caller does, and `info agentSpeaking on/off` around each reply when the TwiML
+//! subscribes to speaker events. When the session ends with `end`, it requests the
+//! `<Connect action>` URL like Twilio does and prints the TwiML that comes back.
+
+use std::{io::Write as _, time::Duration};
+
+use futures::{SinkExt, StreamExt};
+use rand::RngExt as _;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::{io::AsyncBufReadExt, net::TcpStream};
+use tokio_tungstenite::{
+    tungstenite::{client::IntoClientRequest, Message as WsMessage},
+    MaybeTlsStream, WebSocketStream,
+};
+
+use crate::{
+    relay::protocol::{Dtmf, Inbound, Info, Interrupt, Outbound, Prompt, Setup},
+    twilio::{signature, twiml},
+};
+
+/// What can go wrong while playing Twilio.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// An HTTP request to the server failed.
+    #[error("HTTP request to {url} failed: {reason}")]
+    Http {
+        /// The URL requested.
+        url: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The TwiML was not a `<Connect><ConversationRelay url=…>` document.
+    #[error("unexpected TwiML: {0}")]
+    Twiml(String),
+    /// The WebSocket failed.
+    #[error("websocket: {0}")]
+    WebSocket(String),
+    /// The server sent a frame that is not a valid outbound message.
+    #[error("server sent an invalid frame: {0}")]
+    BadFrame(String),
+    /// Nothing came in time.
+    #[error("timed out after {0:?} waiting for the agent")]
+    Timeout(Duration),
+}
+
+/// How to place the call.
+#[derive(Debug, Clone)]
+pub struct DialOptions {
+    /// `From`: the caller's number.
+    pub from: String,
+    /// `To`: the number called.
+    pub to: String,
+    /// Signs requests like Twilio when set.
+    pub auth_token: Option<SecretString>,
+    /// The public base URL the server believes it has (`PUBLIC_URL`), used for signing.
+    pub public_url: Option<String>,
+}
+
+impl Default for DialOptions {
+    fn default() -> Self {
+        DialOptions {
+            from: "+15005550006".into(),
+            to: "+15005550001".into(),
+            auth_token: None,
+            public_url: None,
+        }
+    }
+}
+
+/// A Twilio-style id: a two-letter prefix and 32 hex digits.
+pub fn new_sid(prefix: &str) -> String {
+    let mut rng = rand::rng();
+    let hex: String = (0..32)
+        .map(|_| char::from_digit(rng.random_range(0..16), 16).expect("digit < 16"))
+        .collect();
+    format!("{prefix}{hex}")
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// One reply of the agent: the text frames up to and including `last: true`.
+#[derive(Debug, Clone, Default)]
+pub struct Reply {
+    /// Every `text` token in order (including the empty closing one).
+    pub tokens: Vec<String>,
+    /// The tokens joined.
+    pub text: String,
+    /// Non-text frames seen while waiting (`play`, `sendDigits`, `language`, `end`).
+    pub others: Vec<Outbound>,
+}
+
+/// A call in progress, seen from Twilio's side.
+pub struct Caller {
+    /// The call's `CallSid`.
+    pub call_sid: String,
+    /// The session's `sessionId`.
+    pub session_id: String,
+    /// The `<ConversationRelay>` element the server answered with.
+    pub relay: twiml::Element,
+    /// The `<Connect action>` URL, if any.
+    pub action: Option<String>,
+    base: String,
+    options: DialOptions,
+    http: reqwest::Client,
+    socket: Socket,
+}
+
+impl Caller {
+    /// Rings the server at `base` (`http://127.0.0.1:8080`) the way Twilio does and sends `setup`.
+    ///
+    /// # Errors
+    /// [`SimError`] when the webhook, the TwiML or the WebSocket fails.
+    pub async fn dial(base: &str, options: DialOptions) -> Result<Self, SimError> {
+        let base = base.trim_end_matches('/').to_owned();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()
+            .map_err(|e| SimError::Http {
+                url: base.clone(),
+                reason: e.to_string(),
+            })?;
+        let call_sid = new_sid("CA");
+        let account_sid = new_sid("AC");
+        let form = vec![
+            ("AccountSid".to_owned(), account_sid.clone()),
+            ("ApiVersion".to_owned(), "2010-04-01".to_owned()),
+            ("CallSid".to_owned(), call_sid.clone()),
+            ("CallStatus".to_owned(), "ringing".to_owned()),
+            ("Direction".to_owned(), "inbound".to_owned()),
+            ("From".to_owned(), options.from.clone()),
+            ("To".to_owned(), options.to.clone()),
+        ];
+        let twiml_url = format!("{base}/twiml");
+        let body = post_form(
+            &http,
+            &twiml_url,
+            &signed_url(&options, &base, "/twiml"),
+            &form,
+            &options,
+        )
+        .await?;
+        let root = twiml::parse(&body).map_err(SimError::Twiml)?;
+        let connect = root
+            .find("Connect")
+            .ok_or_else(|| SimError::Twiml(format!("no <Connect> in {body}")))?;
+        let relay = connect
+            .find("ConversationRelay")
+            .ok_or_else(|| SimError::Twiml(format!("no <ConversationRelay> in {body}")))?
+            .clone();
+        let relay_url = relay
+            .attr("url")
+            .ok_or_else(|| SimError::Twiml("<ConversationRelay> has no url".into()))?
+            .to_owned();
+
+        // Connect to the server we were given, keeping the TwiML's path and query.
+        let parsed = url::Url::parse(&relay_url)
+            .map_err(|e| SimError::Twiml(format!("bad url {relay_url:?}: {e}")))?;
+        let local = url::Url::parse(&base)
+            .map_err(|e| SimError::Twiml(format!("bad base {base:?}: {e}")))?;
+        let scheme = if local.scheme() == "https" {
+            "wss"
+        } else {
+            "ws"
+        };
+        let mut target = format!(
+            "{scheme}://{}{}",
+            local.host_str().unwrap_or("127.0.0.1"),
+            local.port().map(|p| format!(":{p}")).unwrap_or_default()
+        );
+        target.push_str(parsed.path());
+        if let Some(query) = parsed.query() {
+            target.push('?');
+            target.push_str(query);
+        }
+        let mut request = target
+            .as_str()
+            .into_client_request()
+            .map_err(|e| SimError::WebSocket(e.to_string()))?;
+        if let Some(token) = &options.auth_token {
+            let sig = signature::sign(token.expose_secret(), &relay_url, &[]);
+            request.headers_mut().insert(
+                signature::HEADER,
+                sig.parse()
+                    .map_err(|_| SimError::WebSocket("bad signature header".into()))?,
+            );
+        }
+        let (socket, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .map_err(|e| SimError::WebSocket(format!("cannot connect to {target}: {e}")))?;
+
+        let custom_parameters = relay
+            .children_named("Parameter")
+            .filter_map(|p| {
+                Some((
+                    p.attr("name")?.to_owned(),
+                    p.attr("value").unwrap_or_default().to_owned(),
+                ))
+            })
+            .collect();
+        let session_id = new_sid("VX");
+        let mut caller = Caller {
+            call_sid: call_sid.clone(),
+            session_id: session_id.clone(),
+            action: connect.attr("action").map(str::to_owned),
+            relay,
+            base,
+            options: options.clone(),
+            http,
+            socket,
+        };
+        caller
+            .send(&Inbound::Setup(Setup {
+                session_id,
+                account_sid,
+                call_sid,
+                from: options.from.clone(),
+                to: options.to.clone(),
+                call_type: "PSTN".into(),
+                direction: "inbound".into(),
+                call_status: "RINGING".into(),
+                custom_parameters,
+                ..Setup::default()
+            }))
+            .await?;
+        Ok(caller)
+    }
+
+    /// The welcome greeting Twilio would speak.
+    pub fn welcome_greeting(&self) -> Option<&str> {
+        self.relay.attr("welcomeGreeting")
+    }
+
+    /// Whether the TwiML subscribes to `agentSpeaking`/`clientSpeaking` events.
+    pub fn speaker_events(&self) -> bool {
+        ["events", "debug"]
+            .iter()
+            .filter_map(|a| self.relay.attr(a))
+            .any(|v| v.split_whitespace().any(|w| w == "speaker-events"))
+    }
+
+    /// Sends a message as Twilio would.
+    ///
+    /// # Errors
+    /// [`SimError::WebSocket`] when the socket is closed.
+    pub async fn send(&mut self, message: &Inbound) -> Result<(), SimError> {
+        let text = serde_json::to_string(message).map_err(|e| SimError::BadFrame(e.to_string()))?;
+        self.send_raw(&text).await
+    }
+
+    /// Sends any text frame (for testing malformed input).
+    ///
+    /// # Errors
+    /// [`SimError::WebSocket`] when the socket is closed.
+    pub async fn send_raw(&mut self, text: &str) -> Result<(), SimError> {
+        self.socket
+            .send(WsMessage::Text(text.into()))
+            .await
+            .map_err(|e| SimError::WebSocket(e.to_string()))
+    }
+
+    /// The caller says `text` (a final `prompt`).
+    ///
+    /// # Errors
+    /// [`SimError::WebSocket`] when the socket is closed.
+    pub async fn say(&mut self, text: &str) -> Result<(), SimError> {
+        self.send(&Inbound::Prompt(Prompt {
+            voice_prompt: text.to_owned(),
+            lang: Some("en-US".into()),
+            last: true,
+        }))
+        .await
+    }
+
+    /// The caller presses a key.
+    ///
+    /// # Errors
+    /// [`SimError::WebSocket`] when the socket is closed.
+    pub async fn press(&mut self, digit: &str) -> Result<(), SimError> {
+        self.send(&Inbound::Dtmf(Dtmf {
+            digit: digit.to_owned(),
+        }))
+        .await
+    }
+
+    /// The caller barges in, having heard `heard`.
+    ///
+    /// # Errors
+    /// [`SimError::WebSocket`] when the socket is closed.
+    pub async fn interrupt(&mut self, heard: &str) -> Result<(), SimError> {
+        self.send(&Inbound::Interrupt(Interrupt {
+            utterance_until_interrupt: heard.to_owned(),
+            // About 15 characters a second of speech.
+            duration_until_interrupt_ms: Some(heard.chars().count() as u64 * 1000 / 15),
+        }))
+        .await
+    }
+
+    /// Reports `agentSpeaking` on or off, as Twilio does with `events="speaker-events"`.
+    ///
+    /// # Errors
+    /// [`SimError::WebSocket`] when the socket is closed.
+    pub async fn agent_speaking(&mut self, on: bool) -> Result<(), SimError> {
+        self.send(&Inbound::Info(Info {
+            name: "agentSpeaking".into(),
+            value: if on { "on" } else { "off" }.into(),
+        }))
+        .await
+    }
+
+    /// The next frame from the server, or `None` when the socket closed.
+    ///
+    /// # Errors
+    /// [`SimError::BadFrame`] for a frame that is not a valid outbound message, or
+    /// [`SimError::Timeout`].
+    pub async fn next(&mut self, within: Duration) -> Result<Option<Outbound>, SimError> {
+        loop {
+            let frame = tokio::time::timeout(within, self.socket.next())
+                .await
+                .map_err(|_| SimError::Timeout(within))?;
+            match frame {
+                None | Some(Ok(WsMessage::Close(_))) => return Ok(None),
+                Some(Err(e)) => return Err(SimError::WebSocket(e.to_string())),
+                Some(Ok(WsMessage::Text(text))) => {
+                    let message: Outbound = serde_json::from_str(text.as_str())
+                        .map_err(|e| SimError::BadFrame(format!("{e}: {}", text.as_str())))?;
+                    message
+                        .validate()
+                        .map_err(|e| SimError::BadFrame(format!("{e}: {}", text.as_str())))?;
+                    return Ok(Some(message));
+                }
+                Some(Ok(WsMessage::Binary(_))) => {
+                    return Err(SimError::BadFrame("binary frame".into()));
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Reads frames until a `text` with `last: true` (or an `end`, or the socket closes).
+    ///
+    /// # Errors
+    /// As [`Caller::next`].
+    pub async fn reply(&mut self, within: Duration) -> Result<Reply, SimError> {
+        let mut reply = Reply::default();
+        while let Some(message) = self.next(within).await? {
+            match message {
+                Outbound::Text { token, last, .. } => {
+                    reply.text.push_str(&token);
+                    reply.tokens.push(token);
+                    if last {
+                        break;
+                    }
+                }
+                Outbound::End { .. } => {
+                    reply.others.push(message);
+                    break;
+                }
+                other => reply.others.push(other),
+            }
+        }
+        Ok(reply)
+    }
+
+    /// Requests the `<Connect action>` URL as Twilio does when the session ends, with
+    /// `SessionStatus` and extra parameters; returns the TwiML.
+    ///
+    /// # Errors
+    /// [`SimError::Http`] when the request fails.
+    pub async fn post_action(
+        &self,
+        status: &str,
+        call_status: &str,
+        extra: &[(String, String)],
+    ) -> Result<String, SimError> {
+        let action = self
+            .action
+            .clone()
+            .ok_or_else(|| SimError::Twiml("<Connect> has no action".into()))?;
+        let path = url::Url::parse(&action)
+            .map(|u| u.path().to_owned())
+            .unwrap_or_else(|_| action.clone());
+        let mut form = vec![
+            ("AccountSid".to_owned(), new_sid("AC")),
+            ("CallSid".to_owned(), self.call_sid.clone()),
+            ("CallStatus".to_owned(), call_status.to_owned()),
+            ("Direction".to_owned(), "inbound".to_owned()),
+            ("From".to_owned(), self.options.from.clone()),
+            ("To".to_owned(), self.options.to.clone()),
+            ("SessionId".to_owned(), self.session_id.clone()),
+            ("SessionStatus".to_owned(), status.to_owned()),
+            ("SessionDuration".to_owned(), "10".to_owned()),
+        ];
+        form.extend(extra.iter().cloned());
+        let signed = signed_url(&self.options, &self.base, &path);
+        post_form(
+            &self.http,
+            &format!("{}{path}", self.base),
+            &signed,
+            &form,
+            &self.options,
+        )
+        .await
+    }
+
+    /// Hangs up: closes the socket as Twilio does when the caller hangs up.
+    pub async fn hang_up(mut self) {
+        let _ = self.socket.close(None).await;
+    }
+}
+
+/// The URL Twilio would sign for `path`: on the public base when one is configured.
+fn signed_url(options: &DialOptions, base: &str, path: &str) -> String {
+    let public = options
+        .public_url
+        .as_deref()
+        .unwrap_or(base)
+        .trim_end_matches('/');
+    format!("{public}{path}")
+}
+
+async fn post_form(
+    http: &reqwest::Client,
+    url: &str,
+    signed_url: &str,
+    form: &[(String, String)],
+    options: &DialOptions,
+) -> Result<String, SimError> {
+    let mut request = http.post(url).form(form);
+    if let Some(token) = &options.auth_token {
+        request = request.header(
+            signature::HEADER,
+            signature::sign(token.expose_secret(), signed_url, form),
+        );
+    }
+    let fail = |reason: String| SimError::Http {
+        url: url.to_owned(),
+        reason,
+    };
+    let response = request.send().await.map_err(|e| fail(e.to_string()))?;
+    let status = response.status();
+    let body = response.text().await.map_err(|e| fail(e.to_string()))?;
+    if !status.is_success() {
+        return Err(fail(format!("HTTP {status}: {body}")));
+    }
+    Ok(body)
+}
+
+/// Settings of the `call` command.
+#[derive(Debug, Clone)]
+pub struct CallCommand {
+    /// Server base URL, for example `http://127.0.0.1:8080`.
+    pub url: String,
+    /// Scripted caller lines (slash commands allowed); empty = interactive.
+    pub script: Vec<String>,
+    /// Dial options.
+    pub options: DialOptions,
+    /// Longest wait for one reply.
+    pub reply_timeout: Duration,
+}
+
+/// Prints frames as they arrive and tracks what the caller has heard.
+#[derive(Default)]
+struct Printer {
+    /// Text of the reply being printed (what a `/interrupt` reports as heard).
+    current: String,
+    open: bool,
+}
+
+impl Printer {
+    fn show(&mut self, message: &Outbound) {
+        let mut out = std::io::stdout().lock();
+        match message {
+            Outbound::Text { token, last, .. } => {
+                if !self.open {
+                    self.current.clear();
+                    if token.is_empty() && *last {
+                        return;
+                    }
+                    let _ = write!(out, "agent: ");
+                    self.open = true;
+                }
+                self.current.push_str(token);
+                let _ = write!(out, "{token}");
+                if *last {
+                    let _ = writeln!(out);
+                    self.open = false;
+                }
+            }
+            other => {
+                if self.open {
+                    let _ = writeln!(out);
+                    self.open = false;
+                }
+                let line = match other {
+                    Outbound::End { handoff_data } => {
+                        format!(
+                            "[end] handoffData: {}",
+                            handoff_data.as_deref().unwrap_or("(none)")
+                        )
+                    }
+                    Outbound::Play { source, .. } => format!("[play] {source}"),
+                    Outbound::SendDigits { digits } => format!("[sendDigits] {digits}"),
+                    Outbound::Language {
+                        tts_language,
+                        transcription_language,
+                    } => format!(
+                        "[language] ttsLanguage={} transcriptionLanguage={}",
+                        tts_language.as_deref().unwrap_or("-"),
+                        transcription_language.as_deref().unwrap_or("-")
+                    ),
+                    Outbound::Text { .. } => unreachable!("handled above"),
+                };
+                let _ = writeln!(out, "{line}");
+            }
+        }
+        let _ = out.flush();
+    }
+}
+
+/// What one line of caller input means.
+enum Action<'a> {
+    Say(&'a str),
+    Dtmf(&'a str),
+    Interrupt,
+    Quit,
+    Help,
+}
+
+fn action(line: &str) -> Action<'_> {
+    let line = line.trim();
+    match line
+        .split_once(' ')
+        .map_or((line, ""), |(a, b)| (a, b.trim()))
+    {
+        ("/dtmf", keys) => Action::Dtmf(keys),
+        ("/interrupt", _) => Action::Interrupt,
+        ("/quit" | "/hangup", _) => Action::Quit,
+        ("/help", _) => Action::Help,
+        _ => Action::Say(line),
+    }
+}
+
+/// Runs the `call` command: a scripted call when `script` is non-empty, else interactive.
+///
+/// # Errors
+/// [`SimError`] when the server cannot be reached or misbehaves.
+pub async fn run_call(command: CallCommand) -> Result<(), SimError> {
+    let mut caller = Caller::dial(&command.url, command.options.clone()).await?;
+    println!(
+        "ringing {} as {} (CallSid {})",
+        command.url, command.options.from, caller.call_sid
+    );
+    if let Some(greeting) = caller.welcome_greeting() {
+        println!("agent: {greeting}");
+    }
+    let speaker_events = caller.speaker_events();
+    let mut printer = Printer::default();
+    if command.script.is_empty() {
+        println!("Type what the caller says and press Enter. /dtmf 5 presses keys, /interrupt barges in, /quit hangs up.");
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        loop {
+            tokio::select! {
+                line = lines.next_line() => {
+                    let Ok(Some(line)) = line else { break };
+                    if !perform(&mut caller, &mut printer, &line).await? {
+                        break;
+                    }
+                }
+                frame = caller.next(Duration::from_secs(24 * 3600)) => {
+                    match frame? {
+                        None => { println!("[call ended by the server]"); return Ok(()); }
+                        Some(message) => {
+                            if on_frame(&mut caller, &mut printer, &message, speaker_events).await? {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    } else {
+        for line in &command.script {
+            println!("caller: {line}");
+            if !perform(&mut caller, &mut printer, line).await? {
+                break;
+            }
+            if matches!(action(line), Action::Help) {
+                continue;
+            }
+            // Wait for the reply to this line to finish (or for the session to end).
+            loop {
+                let Some(message) = caller.next(command.reply_timeout).await? else {
+                    println!("[call ended by the server]");
+                    return Ok(());
+                };
+                let closes = matches!(message, Outbound::Text { last: true, .. });
+                if on_frame(&mut caller, &mut printer, &message, speaker_events).await? {
+                    return Ok(());
+                }
+                if closes {
+                    break;
+                }
+            }
+        }
+    }
+    println!("[caller hung up]");
+    let action = caller.action.clone();
+    if action.is_some() {
+        let _ = caller.post_action("completed", "completed", &[]).await;
+    }
+    caller.hang_up().await;
+    Ok(())
+}
+
+/// Acts on one caller line. Returns `false` to hang up.
+async fn perform(caller: &mut Caller, printer: &mut Printer, line: &str) -> Result<bool, SimError> {
+    match action(line) {
+        Action::Say("") => {}
+        Action::Say(text) => caller.say(text).await?,
+        Action::Dtmf(keys) => {
+            for key in keys.chars().filter(|c| !c.is_whitespace()) {
+                caller.press(&key.to_string()).await?;
+            }
+        }
+        Action::Interrupt => {
+            let heard = printer.current.clone();
+            if printer.open {
+                println!(" [interrupted]");
+                printer.open = false;
+            }
+            caller.interrupt(&heard).await?;
+        }
+        Action::Quit => return Ok(false),
+        Action::Help => println!("/dtmf 5 presses keys, /interrupt barges in, /quit hangs up."),
+    }
+    Ok(true)
+}
+
+/// Shows a frame and plays Twilio's part. Returns `true` when the session has ended.
+async fn on_frame(
+    caller: &mut Caller,
+    printer: &mut Printer,
+    message: &Outbound,
+    speaker_events: bool,
+) -> Result<bool, SimError> {
+    let first_of_reply =
+        !printer.open && matches!(message, Outbound::Text { token, .. } if !token.is_empty());
+    printer.show(message);
+    match message {
+        Outbound::Text { last: true, .. } if speaker_events => caller.agent_speaking(false).await?,
+        Outbound::Text { .. } if speaker_events && first_of_reply => {
+            caller.agent_speaking(true).await?
+        }
+        Outbound::End { handoff_data } => {
+            let extra: Vec<(String, String)> = handoff_data
+                .iter()
+                .map(|d| ("HandoffData".to_owned(), d.clone()))
+                .collect();
+            if caller.action.is_some() {
+                let twiml = caller.post_action("ended", "in-progress", &extra).await?;
+                println!("[twilio] <Connect action> answered: {twiml}");
+            }
+            return Ok(true);
+        }
+        _ => {}
+    }
+    Ok(false)
+}
