@@ -217,7 +217,7 @@ impl Caller {
             socket,
         };
         caller
-            .send(&Inbound::Setup(Setup {
+            .send(&Inbound::Setup(Box::new(Setup {
                 session_id,
                 account_sid,
                 call_sid,
@@ -228,7 +228,7 @@ impl Caller {
                 call_status: "RINGING".into(),
                 custom_parameters,
                 ..Setup::default()
-            }))
+            })))
             .await?;
         Ok(caller)
     }

@@ -193,6 +193,18 @@ pub enum LlmError {
     TooManySteps(usize),
 }
 
+impl LlmError {
+    /// Worth one quick retry before anything is spoken: rate limits, server errors, and
+    /// transport failures (refused or reset connections).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            LlmError::Status { status, .. } => *status == 429 || *status >= 500,
+            LlmError::Transport(_) => true,
+            _ => false,
+        }
+    }
+}
+
 /// A streaming chat model. Implemented by the OpenAI-compatible client and the offline agent.
 pub trait ChatModel: Send + Sync + 'static {
     /// Starts a streamed response. Dropping the returned stream aborts the request.

@@ -6,12 +6,18 @@
 //! response type: compatible servers differ in small ways (missing `id`/`created`, finish reasons
 //! such as `eos`, tool-call fragments without `index`), and one odd field must not cost the
 //! caller a reply. Wire format: <https://platform.openai.com/docs/api-reference/chat/streaming>.
+//!
+//! async-openai's default transport retries 429/5xx up to three times with backoff of up to 8 s
+//! (longer with `Retry-After`). On a phone line that is dead air, so we give it a plain
+//! transport (`ReqwestService`, no retry layer) and keep the retry decision in the turn
+//! ([`super::turn`]), which knows the caller's deadline.
 
 use std::{pin::Pin, time::Duration};
 
 use async_openai::{
     config::OpenAIConfig,
     error::OpenAIError,
+    middleware::ReqwestService,
     types::chat::{
         ChatCompletionMessageToolCall, ChatCompletionMessageToolCalls,
         ChatCompletionRequestAssistantMessage, ChatCompletionRequestAssistantMessageContent,
@@ -58,7 +64,7 @@ impl OpenAiModel {
             .build()
             .map_err(|e| format!("cannot build the HTTP client for the model: {e}"))?;
         Ok(OpenAiModel {
-            client: Client::with_config(config).with_http_client(http),
+            client: Client::with_config(config).with_http_service(ReqwestService::new(http)),
             model: model.to_owned(),
         })
     }

@@ -6,7 +6,7 @@
 //! it never touches the socket. Cancelling it (dropping the future) drops the model's HTTP
 //! stream and any tool still running.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use tokio::{sync::mpsc, time::Instant};
@@ -162,9 +162,24 @@ where
         messages: messages.to_vec(),
         tools: specs.to_vec(),
     };
-    let mut stream = tokio::time::timeout_at(deadline, agent.model.stream(request))
+    let first_try = tokio::time::timeout_at(deadline, agent.model.stream(request.clone()))
         .await
-        .map_err(|_| LlmError::Timeout("first token"))??;
+        .map_err(|_| LlmError::Timeout("first token"))?;
+    let mut stream = match first_try {
+        Ok(stream) => stream,
+        // Nothing has been said yet, so one quick retry costs the caller little.
+        Err(e) if e.is_retryable() => {
+            let pause = Duration::from_millis(rand::random_range(150..=350));
+            tracing::info!(error = %e, pause_ms = pause.as_millis() as u64, "retrying the model once");
+            tokio::time::timeout_at(deadline, async {
+                tokio::time::sleep(pause).await;
+                agent.model.stream(request).await
+            })
+            .await
+            .map_err(|_| LlmError::Timeout("first token"))??
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut content = String::new();
     let mut partial: BTreeMap<u32, PartialCall> = BTreeMap::new();
     let mut finished = false;
@@ -263,4 +278,147 @@ async fn run_tool(
         .await;
     tracing::info!(tool = %call.name, ok = result.is_ok(), elapsed_ms = started.elapsed().as_millis() as u64, "tool ran");
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use futures::{future::BoxFuture, FutureExt, StreamExt};
+
+    use super::*;
+    use crate::agent::{tools::ToolRegistry, ChatModel, DeltaStream};
+
+    /// A model that plays back scripted answers, one per request.
+    struct Scripted(Mutex<Vec<Result<Vec<Delta>, LlmError>>>, bool);
+
+    impl ChatModel for Scripted {
+        fn stream(
+            &self,
+            _request: ChatRequest,
+        ) -> BoxFuture<'static, Result<DeltaStream, LlmError>> {
+            let next = self.0.lock().unwrap().remove(0);
+            let hang = self.1;
+            async move {
+                let deltas = next?;
+                let items = futures::stream::iter(deltas.into_iter().map(Ok));
+                // With `hang`, the stream never ends after its deltas (a stalled server).
+                let tail = futures::stream::pending().take(usize::from(hang));
+                Ok(items.chain(tail).boxed())
+            }
+            .boxed()
+        }
+    }
+
+    fn agent(answers: Vec<Result<Vec<Delta>, LlmError>>, hang: bool) -> Arc<Agent> {
+        Arc::new(Agent {
+            model: Arc::new(Scripted(Mutex::new(answers), hang)),
+            tools: ToolRegistry::new(),
+            system_prompt: "s".into(),
+            first_token_timeout: Duration::from_millis(8000),
+            idle_timeout: Duration::from_millis(5000),
+            max_tool_steps: 3,
+        })
+    }
+
+    async fn events_of(agent: Arc<Agent>) -> Vec<TurnEvent> {
+        let (tx, mut rx) = mpsc::channel(16);
+        let input = TurnInput {
+            id: 7,
+            call: Arc::new(CallContext::default()),
+            messages: vec![Message::User {
+                content: "hi".into(),
+            }],
+        };
+        run_turn(agent, input, tx).await;
+        let mut out = Vec::new();
+        while let Ok((id, event)) = rx.try_recv() {
+            assert_eq!(id, 7);
+            out.push(event);
+        }
+        out
+    }
+
+    /// No first chunk within the first-token timeout (8 s here) fails the turn, no sooner.
+    #[tokio::test(start_paused = true)]
+    async fn first_token_timeout_fails_the_turn_on_time() {
+        let started = Instant::now();
+        let events = events_of(agent(vec![Ok(vec![])], true)).await;
+        assert_eq!(
+            events,
+            vec![TurnEvent::Failed(LlmError::Timeout("first token"))]
+        );
+        assert_eq!(started.elapsed(), Duration::from_millis(8000));
+    }
+
+    /// A gap longer than the idle timeout after some text fails the turn; the text was sent.
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_fails_a_stalled_stream() {
+        let started = Instant::now();
+        let events = events_of(agent(vec![Ok(vec![Delta::Content("Hi ".into())])], true)).await;
+        assert_eq!(
+            events,
+            vec![
+                TurnEvent::Content("Hi ".into()),
+                TurnEvent::Failed(LlmError::Timeout("next chunk"))
+            ]
+        );
+        assert_eq!(started.elapsed(), Duration::from_millis(5000));
+    }
+
+    /// A retryable error is retried once after a short pause; a second one fails the turn.
+    #[tokio::test(start_paused = true)]
+    async fn retryable_errors_are_retried_once() {
+        let busy = || LlmError::Status {
+            status: 503,
+            message: "busy".into(),
+        };
+        let ok = vec![Delta::Content("Yes.".into()), Delta::Finish("stop".into())];
+        let started = Instant::now();
+        let events = events_of(agent(vec![Err(busy()), Ok(ok)], false)).await;
+        assert_eq!(events[0], TurnEvent::Content("Yes.".into()));
+        assert_eq!(events.last(), Some(&TurnEvent::Done));
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(150) && waited <= Duration::from_millis(350),
+            "{waited:?}"
+        );
+
+        let events = events_of(agent(vec![Err(busy()), Err(busy())], false)).await;
+        assert_eq!(events, vec![TurnEvent::Failed(busy())]);
+        let bad = LlmError::Status {
+            status: 400,
+            message: "bad".into(),
+        };
+        let events = events_of(agent(vec![Err(bad.clone())], false)).await;
+        assert_eq!(events, vec![TurnEvent::Failed(bad)], "a 400 is not retried");
+    }
+
+    /// A model that keeps calling tools is stopped after `max_tool_steps` calls.
+    #[tokio::test(start_paused = true)]
+    async fn endless_tool_calls_are_bounded() {
+        let call = || {
+            Ok(vec![
+                Delta::ToolCall {
+                    index: 0,
+                    id: Some("c".into()),
+                    name: Some("nope".into()),
+                    arguments: Some("{}".into()),
+                },
+                Delta::Finish("tool_calls".into()),
+            ])
+        };
+        let events = events_of(agent(vec![call(), call(), call()], false)).await;
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| matches!(e, TurnEvent::Commit(_)))
+                .count(),
+            3
+        );
+        assert_eq!(
+            events.last(),
+            Some(&TurnEvent::Failed(LlmError::TooManySteps(3)))
+        );
+    }
 }

@@ -20,7 +20,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum Inbound {
     /// First frame of every connection: who is calling, and the `<Parameter>` values.
-    Setup(Setup),
+    /// Boxed: it is by far the largest message and arrives once per call.
+    Setup(Box<Setup>),
     /// Caller speech, transcribed. Only `last: true` prompts start a turn.
     Prompt(Prompt),
     /// One keypress (only with `dtmfDetection="true"`).

@@ -158,6 +158,7 @@ impl Session {
                     parameters = setup.custom_parameters.len(),
                     "call set up"
                 );
+                let setup = *setup;
                 self.call = Arc::new(CallContext {
                     call_sid: setup.call_sid,
                     session_id: setup.session_id,
@@ -332,7 +333,8 @@ impl Session {
             }
             TurnEvent::Filler(line) => {
                 turn.dtmf = None;
-                let line = spaced(&turn.spoken.text, &line);
+                // Spaced on both sides so it never runs into the words around it.
+                let line = spaced(&turn.spoken.text, &line) + " ";
                 turn.spoken.text.push_str(&line);
                 self.outbox.push(Outbound::token(line));
             }

@@ -1,0 +1,10 @@
+//! Integration tests: the real server on 127.0.0.1:0, driven over real HTTP and WebSocket by
+//! the simulator's caller, with an in-process fake model. No network.
+
+mod fake_llm;
+mod helpers;
+
+mod cli;
+mod session;
+mod turns;
+mod twiml;
