@@ -72,8 +72,51 @@ pub struct LlmConfig {
 pub struct TwilioConfig {
     /// `TWILIO_ACCOUNT_SID` (`AC…`).
     pub account_sid: Option<String>,
-    /// `TWILIO_AUTH_TOKEN`: signs requests (the simulator) and validates them.
+    /// `TWILIO_AUTH_TOKEN`: signs requests (the simulator) and validates them; the Calls API
+    /// password when no API key is set.
     pub auth_token: Option<SecretString>,
+    /// `TWILIO_API_KEY` (`SK…`) and `TWILIO_API_SECRET`: Calls API credentials preferred over
+    /// the auth token.
+    pub api_key: Option<(String, SecretString)>,
+    /// `TWILIO_API_BASE` (default `https://api.twilio.com`): the REST API host; tests point it
+    /// at a fake.
+    pub api_base: String,
+}
+
+impl TwilioConfig {
+    /// Basic-auth user and password for the REST API: the API key pair if set, else the account
+    /// SID and auth token. `None` without usable credentials.
+    pub fn rest_credentials(&self) -> Option<(String, SecretString)> {
+        if let Some((key, secret)) = &self.api_key {
+            return Some((key.clone(), secret.clone()));
+        }
+        Some((self.account_sid.clone()?, self.auth_token.clone()?))
+    }
+}
+
+/// Handing calls to a human in Flex.
+#[derive(Debug, Clone)]
+pub struct HandoffConfig {
+    /// `STUDIO_FLOW_URL`: the Studio flow's webhook URL. Set: handoffs redirect the live call
+    /// back to the flow with `FlowEvent=return` (through the Calls API when credentials are set,
+    /// else from `/action`).
+    pub studio_flow_url: Option<url::Url>,
+    /// `TWILIO_WORKFLOW_SID` (`WW…`): set, `/action` answers a handoff with
+    /// `<Enqueue workflowSid><Task>`.
+    pub workflow_sid: Option<String>,
+    /// `HANDOFF_LINE`: spoken before the call moves to a person.
+    pub handoff_line: String,
+    /// `END_CALL_LINE`: spoken before the agent ends the call.
+    pub end_call_line: String,
+    /// `HANDOFF_UNAVAILABLE_LINE`: spoken when a handoff is asked for but no human is configured.
+    pub unavailable_line: String,
+    /// `HANDOFF_MAX_WAIT_MS` (default 15000 ms): the longest wait for the caller to hear the last
+    /// line before the call moves (normally `agentSpeaking off` comes sooner).
+    pub max_wait: Duration,
+    /// `API_TOKEN`: bearer token for `GET /calls/{callSid}/handoff`; unset, the endpoint is off.
+    pub api_token: Option<SecretString>,
+    /// `HANDOFF_RECORD_TTL_SECS` (default 3600 s): how long handoff records are kept.
+    pub record_ttl: Duration,
 }
 
 /// What goes into `<ConversationRelay>`.
@@ -120,6 +163,8 @@ pub struct Config {
     pub error_line: String,
     /// Twilio credentials.
     pub twilio: TwilioConfig,
+    /// Handoff to a human.
+    pub handoff: HandoffConfig,
     /// `<ConversationRelay>` contents.
     pub relay: RelayConfig,
 }
@@ -129,6 +174,14 @@ pub const DEFAULT_WELCOME_GREETING: &str = "Hi, this is relaybot. How can I help
 /// Spoken when the model fails mid-turn and `LLM_ERROR_LINE` is unset.
 pub const DEFAULT_ERROR_LINE: &str =
     "Sorry, I'm having trouble answering right now. Could you say that again?";
+
+/// Spoken before a handoff when `HANDOFF_LINE` is unset.
+pub const DEFAULT_HANDOFF_LINE: &str = "One moment while I connect you to an agent.";
+/// Spoken before the agent hangs up when `END_CALL_LINE` is unset.
+pub const DEFAULT_END_CALL_LINE: &str = "Thanks for calling. Goodbye.";
+/// Spoken when no human can be reached and `HANDOFF_UNAVAILABLE_LINE` is unset.
+pub const DEFAULT_UNAVAILABLE_LINE: &str =
+    "I'm sorry, no one is available to take your call right now. Please call back later. Goodbye.";
 
 /// How a known `<ConversationRelay>` attribute is checked.
 #[derive(Clone, Copy)]
@@ -505,20 +558,84 @@ impl Config {
             Some(v) => Some(v.trim().to_owned()),
         };
 
+        let api_key = match (vars.get("TWILIO_API_KEY"), vars.get("TWILIO_API_SECRET")) {
+            (Some(key), Some(secret)) => {
+                let key = key.trim().to_owned();
+                check_sid("TWILIO_API_KEY", &key, "SK", "an API key SID")?;
+                Some((key, SecretString::from(secret.trim().to_owned())))
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    "TWILIO_API_SECRET",
+                    "must be set with TWILIO_API_KEY",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "TWILIO_API_KEY",
+                    "must be set with TWILIO_API_SECRET",
+                ))
+            }
+            (None, None) => None,
+        };
         let twilio = TwilioConfig {
             account_sid: vars.get("TWILIO_ACCOUNT_SID").map(|s| s.trim().to_owned()),
             auth_token: vars
                 .get("TWILIO_AUTH_TOKEN")
                 .map(|t| SecretString::from(t.trim().to_owned())),
+            api_key,
+            api_base: http_url(&vars, "TWILIO_API_BASE", "https://api.twilio.com")?,
         };
         if let Some(sid) = &twilio.account_sid {
-            if !sid.starts_with("AC") || sid.len() != 34 {
-                return Err(invalid(
-                    "TWILIO_ACCOUNT_SID",
-                    format!("{sid:?} is not an account SID (AC + 32 hex characters)"),
-                ));
-            }
+            check_sid("TWILIO_ACCOUNT_SID", sid, "AC", "an account SID")?;
         }
+        if twilio.api_key.is_some() && twilio.account_sid.is_none() {
+            return Err(invalid(
+                "TWILIO_ACCOUNT_SID",
+                "is needed with TWILIO_API_KEY (it names the account in the URL)",
+            ));
+        }
+
+        let studio_flow_url = vars
+            .get("STUDIO_FLOW_URL")
+            .map(|v| {
+                url::Url::parse(v.trim())
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+                    .ok_or_else(|| {
+                        invalid(
+                            "STUDIO_FLOW_URL",
+                            format!("{v:?} is not the flow's webhook URL (https://webhooks.twilio.com/v1/Accounts/AC…/Flows/FW…)"),
+                        )
+                    })
+            })
+            .transpose()?;
+        let workflow_sid = vars.get("TWILIO_WORKFLOW_SID").map(|s| s.trim().to_owned());
+        if let Some(sid) = &workflow_sid {
+            check_sid(
+                "TWILIO_WORKFLOW_SID",
+                sid,
+                "WW",
+                "a TaskRouter workflow SID",
+            )?;
+        }
+        let line = |var: &str, default: &str| vars.get(var).unwrap_or(default).trim().to_owned();
+        let handoff = HandoffConfig {
+            studio_flow_url,
+            workflow_sid,
+            handoff_line: line("HANDOFF_LINE", DEFAULT_HANDOFF_LINE),
+            end_call_line: line("END_CALL_LINE", DEFAULT_END_CALL_LINE),
+            unavailable_line: line("HANDOFF_UNAVAILABLE_LINE", DEFAULT_UNAVAILABLE_LINE),
+            max_wait: vars.millis("HANDOFF_MAX_WAIT_MS", 15_000)?,
+            api_token: vars
+                .get("API_TOKEN")
+                .map(|t| SecretString::from(t.trim().to_owned())),
+            record_ttl: Duration::from_secs(vars.parse(
+                "HANDOFF_RECORD_TTL_SECS",
+                3600u64,
+                "a whole number of seconds",
+            )?),
+        };
 
         let relay = relay_config(&vars, welcome_greeting.as_deref())?;
         Ok(Config {
@@ -534,6 +651,7 @@ impl Config {
                 .trim()
                 .to_owned(),
             twilio,
+            handoff,
             relay,
         })
     }
@@ -548,6 +666,35 @@ impl Config {
                 "the built-in offline agent (a rule-based stand-in, not an LLM; set OPENAI_API_KEY for a real model)".into()
             }
         }
+    }
+}
+
+/// `prefix` + 32 hexadecimal characters.
+fn check_sid(var: &str, sid: &str, prefix: &str, what: &str) -> Result<(), ConfigError> {
+    let ok = sid.len() == 34
+        && sid.starts_with(prefix)
+        && sid[2..].chars().all(|c| c.is_ascii_hexdigit());
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            var,
+            format!("{sid:?} is not {what} ({prefix} + 32 hexadecimal characters)"),
+        ))
+    }
+}
+
+/// An http(s) URL setting without a trailing slash.
+fn http_url(vars: &Vars, var: &str, default: &str) -> Result<String, ConfigError> {
+    let value = vars
+        .get(var)
+        .unwrap_or(default)
+        .trim()
+        .trim_end_matches('/')
+        .to_owned();
+    match url::Url::parse(&value) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(value),
+        _ => Err(invalid(var, format!("{value:?} is not an http(s) URL"))),
     }
 }
 
@@ -688,6 +835,23 @@ mod tests {
         );
         assert_eq!(err(&[("TWILIO_ACCOUNT_SID", "123")]), "TWILIO_ACCOUNT_SID");
         assert_eq!(
+            err(&[("TWILIO_WORKFLOW_SID", "WW123")]),
+            "TWILIO_WORKFLOW_SID"
+        );
+        assert_eq!(err(&[("STUDIO_FLOW_URL", "flow")]), "STUDIO_FLOW_URL");
+        assert_eq!(
+            err(&[("TWILIO_API_KEY", "SK00000000000000000000000000000000")]),
+            "TWILIO_API_SECRET"
+        );
+        assert_eq!(
+            err(&[("TWILIO_API_BASE", "api.twilio.com")]),
+            "TWILIO_API_BASE"
+        );
+        assert_eq!(
+            err(&[("HANDOFF_MAX_WAIT_MS", "soon")]),
+            "HANDOFF_MAX_WAIT_MS"
+        );
+        assert_eq!(
             err(&[("LLM_FIRST_TOKEN_TIMEOUT_MS", "0")]),
             "LLM_FIRST_TOKEN_TIMEOUT_MS"
         );
@@ -714,6 +878,29 @@ mod tests {
         assert_eq!(c.relay.languages[0].code, "es-ES");
         assert_eq!(c.relay.parameters, vec![("tenantId".into(), "t_1".into())]);
         assert_eq!(c.welcome_greeting, None);
+    }
+
+    #[test]
+    fn rest_credentials_prefer_the_api_key() {
+        let sid = "AC00000000000000000000000000000000";
+        let c = config(&[("TWILIO_ACCOUNT_SID", sid), ("TWILIO_AUTH_TOKEN", "tok")]).unwrap();
+        assert_eq!(c.twilio.rest_credentials().unwrap().0, sid);
+        let c = config(&[
+            ("TWILIO_ACCOUNT_SID", sid),
+            ("TWILIO_AUTH_TOKEN", "tok"),
+            ("TWILIO_API_KEY", "SK00000000000000000000000000000000"),
+            ("TWILIO_API_SECRET", "sec"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.twilio.rest_credentials().unwrap().0,
+            "SK00000000000000000000000000000000"
+        );
+        assert!(config(&[]).unwrap().twilio.rest_credentials().is_none());
+        assert_eq!(
+            config(&[]).unwrap().twilio.api_base,
+            "https://api.twilio.com"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`http`]: the HTTP edge: `/twiml`, `/ws`, `/action`, `/healthz`; [`http::serve`].
 //! - [`relay`]: the Conversation Relay protocol and the per-call session.
 //! - [`agent`]: the chat model (OpenAI-compatible or offline), tools, and the turn loop.
+//! - [`handoff`]: moving the call to a human in Flex (Calls API → Studio, or `end` → `/action`).
 //! - [`twilio`]: TwiML, webhook forms, request signatures.
 //! - [`simulator`]: `relaybot call`, a caller that plays Twilio's part.
 //!
@@ -16,6 +17,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod handoff;
 pub mod http;
 pub mod relay;
 pub mod simulator;
@@ -35,13 +37,35 @@ use crate::{
 /// How long live calls may run on after a shutdown signal before they are ended.
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(600);
 
-/// Builds the shared state for `config`, with `tools` offered to the model.
+/// Builds the shared state for `config`: the call-control tools (`agent_handoff`, `end_call`,
+/// and `switch_language` when `<Language>`s are configured), then `extra_tools`.
 ///
 /// # Errors
-/// A message when the model client cannot be built.
-pub fn build_state(config: Config, tools: ToolRegistry) -> Result<AppState, String> {
+/// A message when a client cannot be built or a tool name is taken twice.
+pub fn build_state(config: Config, extra_tools: ToolRegistry) -> Result<AppState, String> {
+    let mut tools = ToolRegistry::new();
+    let mut languages: Vec<String> = Vec::new();
+    if !config.relay.languages.is_empty() {
+        let main = config
+            .relay
+            .attribute("language")
+            .unwrap_or("en-US")
+            .to_owned();
+        languages.push(main);
+        for language in &config.relay.languages {
+            if !languages.contains(&language.code) {
+                languages.push(language.code.clone());
+            }
+        }
+    }
+    for tool in agent::control::call_control_tools(&languages)
+        .into_iter()
+        .chain(extra_tools.tools().iter().cloned())
+    {
+        tools.register(tool).map_err(|e| e.to_string())?;
+    }
     let agent = Agent::from_config(&config, tools)?;
-    Ok(AppState::new(config, agent))
+    AppState::new(config, agent)
 }
 
 /// A server running in the background.

@@ -151,6 +151,7 @@ async fn serve(config: Config) -> Result<(), String> {
     }
     tracing::info!("talk to it from another terminal: cargo run --release -- call");
     let state = relaybot::build_state(config, ToolRegistry::new())?;
+    tracing::info!("{}", state.describe_handoff());
     relaybot::http::serve(listener, state, shutdown_signal(), relaybot::DEFAULT_DRAIN)
         .await
         .map_err(|e| format!("server failed: {e}"))

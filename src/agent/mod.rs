@@ -9,6 +9,7 @@
 //! - [`tools`]: the tool registry.
 //! - [`turn`]: one caller turn: stream, assemble tool calls, run tools, loop.
 
+pub mod control;
 pub mod offline;
 pub mod openai;
 pub mod tools;

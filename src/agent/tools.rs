@@ -20,6 +20,8 @@ pub struct ToolInput {
     pub call: Arc<CallContext>,
     /// The turn that made the call (the session refuses actions from a turn that is over).
     pub turn: u64,
+    /// The way to act on the call (hand off, end, switch language), where the channel has one.
+    pub control: Option<super::control::CallControl>,
 }
 
 /// A handler's answer: `Ok(text)` is the result the model reads; `Err(text)` is reported to the
@@ -36,6 +38,9 @@ pub struct Tool {
     pub spec: ToolSpec,
     /// Spoken before the tool runs, if set.
     pub speak_while_running: Option<String>,
+    /// When the tool succeeds, the turn ends without asking the model again (call control:
+    /// the session speaks its own line; another model call would only add dead air).
+    pub ends_turn: bool,
     handler: ToolHandler,
 }
 
@@ -67,6 +72,7 @@ impl Tool {
                 parameters,
             },
             speak_while_running: None,
+            ends_turn: false,
             handler: Arc::new(move |input| Box::pin(handler(input))),
         }
     }
@@ -74,6 +80,12 @@ impl Tool {
     /// Sets the line spoken while the tool runs.
     pub fn speaking(mut self, line: &str) -> Self {
         self.speak_while_running = Some(line.to_owned());
+        self
+    }
+
+    /// Marks the tool as ending the turn when it succeeds.
+    pub fn ending_turn(mut self) -> Self {
+        self.ends_turn = true;
         self
     }
 
@@ -138,6 +150,11 @@ impl ToolRegistry {
         self.tools.iter().find(|t| t.spec.name == name)
     }
 
+    /// The tools, in registration order.
+    pub fn tools(&self) -> &[Tool] {
+        &self.tools
+    }
+
     /// The specs sent to the model.
     pub fn specs(&self) -> Vec<ToolSpec> {
         self.tools.iter().map(|t| t.spec.clone()).collect()
@@ -197,6 +214,7 @@ mod tests {
                 arguments: json!({"x": 5}),
                 call: Arc::new(CallContext::default()),
                 turn: 1,
+                control: None,
             })
             .await;
         assert_eq!(out, Ok("5".into()));

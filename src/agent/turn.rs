@@ -44,6 +44,8 @@ pub struct TurnInput {
     pub call: Arc<CallContext>,
     /// The history so far, system prompt first, ending with the caller's new message.
     pub messages: Vec<Message>,
+    /// How call-control tools reach the session.
+    pub control: Option<super::control::CallControl>,
 }
 
 #[derive(Default)]
@@ -64,6 +66,7 @@ pub async fn run_turn(
         id,
         call,
         mut messages,
+        control,
     } = input;
     let send = |event: TurnEvent| {
         let events = events.clone();
@@ -98,9 +101,16 @@ pub async fn run_turn(
                 return;
             }
         }
-        let results =
-            futures::future::join_all(step.calls.iter().map(|c| run_tool(&agent, c, &call, id)))
-                .await;
+        let results = futures::future::join_all(
+            step.calls
+                .iter()
+                .map(|c| run_tool(&agent, c, &call, id, control.clone())),
+        )
+        .await;
+        // A call-control tool that succeeded ends the turn: the session speaks its own line.
+        let ends_turn = step.calls.iter().zip(&results).any(|(c, result)| {
+            result.is_ok() && agent.tools.get(&c.name).is_some_and(|t| t.ends_turn)
+        });
         let mut commit = vec![Message::Assistant {
             content: step.content,
             tool_calls: step.calls.clone(),
@@ -120,6 +130,10 @@ pub async fn run_turn(
         );
         messages.extend(commit.iter().cloned());
         if !send(TurnEvent::Commit(commit)).await {
+            return;
+        }
+        if ends_turn {
+            send(TurnEvent::Done).await;
             return;
         }
     }
@@ -250,6 +264,7 @@ async fn run_tool(
     call: &ToolCall,
     context: &Arc<CallContext>,
     turn: TurnId,
+    control: Option<super::control::CallControl>,
 ) -> ToolResult {
     let Some(tool) = agent.tools.get(&call.name) else {
         tracing::warn!(tool = %call.name, "model called an unknown tool");
@@ -274,6 +289,7 @@ async fn run_tool(
             arguments,
             call: context.clone(),
             turn,
+            control,
         })
         .await;
     tracing::info!(tool = %call.name, ok = result.is_ok(), elapsed_ms = started.elapsed().as_millis() as u64, "tool ran");
@@ -329,6 +345,7 @@ mod tests {
             messages: vec![Message::User {
                 content: "hi".into(),
             }],
+            control: None,
         };
         run_turn(agent, input, tx).await;
         let mut out = Vec::new();

@@ -1,31 +1,61 @@
 //! One call: the Conversation Relay WebSocket session.
 //!
 //! One task per call owns all of the call's state ([`Session`]) and the socket's write half; no
-//! lock is shared with anything else. Its loop selects over three things: frames from Twilio,
-//! events from the running turn, and the call's cancellation. Turns ([`crate::agent::turn`])
-//! run as separate tasks and report over a channel, so reading the socket never waits on the
-//! model: an `interrupt` is seen while tokens are still streaming.
+//! lock is shared with anything else. Its loop selects over frames from Twilio, events from the
+//! running turn, requests from call-control tools, the Calls API's answer, a handoff timer, and
+//! the call's cancellation. Turns ([`crate::agent::turn`]) run as separate tasks and report over
+//! a channel, so reading the socket never waits on the model: an `interrupt` is seen while tokens
+//! are still streaming.
 //!
 //! The decisions are synchronous methods that queue outbound messages ([`Session::on_frame`],
-//! [`Session::on_turn_event`]); the loop writes the queue to the socket. Protocol semantics follow
-//! the shared protocol notes (§3, §4, §7.3): act on `prompt` only when `last` is true; on
-//! `interrupt` stop the turn, close it with an empty `last:true` token, and cut the history to
-//! what the caller heard.
+//! [`Session::on_turn_event`], [`Session::on_control`]); the loop writes the queue to the socket.
+//! Protocol semantics follow the shared protocol notes (§3, §4, §7.3): act on `prompt` only when
+//! `last` is true; on `interrupt` stop the turn, close it with an empty `last:true` token, and
+//! cut the history to what the caller heard.
+//!
+//! Leaving the call (handoff or end, at most once per call) waits until the caller has heard
+//! everything: the model's words and the configured line go out with `last:true`, then the
+//! session waits for `agentSpeaking off` (or a bound estimated from the text length, never
+//! longer than `HANDOFF_MAX_WAIT_MS`) before it sends `end` or asks the Calls API to move the
+//! call. A request from a turn that was interrupted or replaced is never carried out.
 
-use std::{sync::Arc, time::Instant};
+use std::{sync::Arc, time::Duration};
 
 use axum::extract::ws::{Message as WsMessage, WebSocket};
 use futures::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{field, Instrument, Span};
 
 use super::protocol::{Inbound, InfoEvent, Outbound};
-use crate::agent::{
-    mask_number,
-    turn::{run_turn, TurnEvent, TurnId, TurnInput},
-    Agent, CallContext, Message,
+use crate::{
+    agent::{
+        control::{CallControl, ControlMessage, ControlRequest},
+        mask_number,
+        turn::{run_turn, TurnEvent, TurnId, TurnInput},
+        Agent, CallContext, Message,
+    },
+    handoff::{
+        now_ms, studio_redirect_twiml, HandoffData, HandoffPath, HandoffRecord, HandoffStore,
+        Route, TranscriptLine, REASON_END_CALL, REASON_HANDOFF,
+    },
+    twilio::rest::RestError,
 };
+
+/// How calls leave Conversation Relay.
+#[derive(Debug, Clone)]
+pub struct HandoffDeps {
+    /// Calls API → Studio, or `end` + `/action`.
+    pub route: Route,
+    /// Where handoff records go.
+    pub store: HandoffStore,
+    /// Spoken before a handoff.
+    pub handoff_line: String,
+    /// Spoken before the agent hangs up.
+    pub end_call_line: String,
+    /// Longest wait for the caller to hear the last line.
+    pub max_wait: Duration,
+}
 
 /// What a call needs from the server.
 #[derive(Clone)]
@@ -36,6 +66,8 @@ pub struct SessionDeps {
     pub welcome_greeting: Option<String>,
     /// Spoken when the model fails.
     pub error_line: String,
+    /// Handoff and end settings.
+    pub handoff: Arc<HandoffDeps>,
     /// Where turn tasks are tracked (so shutdown can wait for them).
     pub tracker: TaskTracker,
 }
@@ -47,6 +79,8 @@ struct Spoken {
     text: String,
     /// `(history index, offset in text)` of each assistant message of this turn.
     spans: Vec<(usize, usize)>,
+    /// Index of this turn's agent line in the transcript, once written.
+    transcript_line: Option<usize>,
 }
 
 /// The turn in flight.
@@ -73,54 +107,112 @@ enum Stop<'a> {
     Superseded,
 }
 
+/// How the call leaves Conversation Relay.
+#[derive(Debug, Clone, PartialEq)]
+enum ExitAction {
+    Handoff { reason: String, summary: String },
+    EndCall { reason: String },
+}
+
+/// Where the call is on its way out.
+#[derive(Debug)]
+enum Exit {
+    /// Not leaving.
+    Staying,
+    /// A tool asked; carried out when its turn ends (dropped if the turn is cut short).
+    Pending { turn: TurnId, action: ExitAction },
+    /// The last line is out; waiting for the caller to hear it.
+    Speaking {
+        action: ExitAction,
+        line_sent: Instant,
+        heard_on: bool,
+        deadline: Instant,
+    },
+    /// Waiting for the Calls API to move the call.
+    Moving { data: Box<HandoffData> },
+    /// `end` sent, or the call moved.
+    Gone,
+}
+
+/// A `agentSpeaking off` this soon after our line, with no `on` since, most likely belongs to
+/// the audio before it.
+const STALE_OFF: Duration = Duration::from_millis(300);
+
 /// The state of one call.
 pub struct Session {
     deps: SessionDeps,
     call: Arc<CallContext>,
     set_up: bool,
     history: Vec<Message>,
+    transcript: Vec<TranscriptLine>,
     turn: Option<ActiveTurn>,
     /// The last finished turn (or the greeting), kept so a late `interrupt` can trim it: the model
     /// finishes streaming long before the caller finishes hearing.
     last_spoken: Option<Spoken>,
     next_turn: TurnId,
     events_tx: mpsc::Sender<(TurnId, TurnEvent)>,
+    control_tx: mpsc::Sender<ControlMessage>,
+    moved_tx: mpsc::Sender<Result<(), RestError>>,
     cancel: CancellationToken,
     outbox: Vec<Outbound>,
-    agent_speaking: bool,
+    exit: Exit,
     span: Span,
 }
 
+/// The channels a session's loop reads besides the socket.
+pub struct SessionInbox {
+    /// Turn events.
+    pub events: mpsc::Receiver<(TurnId, TurnEvent)>,
+    /// Call-control requests.
+    pub control: mpsc::Receiver<ControlMessage>,
+    /// The Calls API's answer to a handoff.
+    pub moved: mpsc::Receiver<Result<(), RestError>>,
+}
+
 impl Session {
-    /// A new session whose turns report on `events_tx`; `cancel` ends the call's tasks.
-    pub fn new(
-        deps: SessionDeps,
-        events_tx: mpsc::Sender<(TurnId, TurnEvent)>,
-        cancel: CancellationToken,
-        span: Span,
-    ) -> Self {
+    /// A new session and the channels its loop must read; `cancel` ends the call's tasks.
+    pub fn new(deps: SessionDeps, cancel: CancellationToken, span: Span) -> (Self, SessionInbox) {
+        let (events_tx, events) = mpsc::channel(256);
+        let (control_tx, control) = mpsc::channel(16);
+        let (moved_tx, moved) = mpsc::channel(1);
         let history = vec![Message::System {
             content: deps.agent.system_prompt.clone(),
         }];
-        Session {
+        let session = Session {
             deps,
             call: Arc::new(CallContext::default()),
             set_up: false,
             history,
+            transcript: Vec::new(),
             turn: None,
             last_spoken: None,
             next_turn: 1,
             events_tx,
+            control_tx,
+            moved_tx,
             cancel,
             outbox: Vec::new(),
-            agent_speaking: false,
+            exit: Exit::Staying,
             span,
-        }
+        };
+        (
+            session,
+            SessionInbox {
+                events,
+                control,
+                moved,
+            },
+        )
     }
 
     /// The conversation so far (system prompt first).
     pub fn history(&self) -> &[Message] {
         &self.history
+    }
+
+    /// The timestamped transcript for the human agent.
+    pub fn transcript(&self) -> &[TranscriptLine] {
+        &self.transcript
     }
 
     /// The call, as `setup` described it.
@@ -131,6 +223,31 @@ impl Session {
     /// Messages queued for Twilio, in order; the caller sends them.
     pub fn take_outbox(&mut self) -> Vec<Outbound> {
         std::mem::take(&mut self.outbox)
+    }
+
+    /// When the wait for the caller to hear the last line runs out, if waiting.
+    pub fn exit_deadline(&self) -> Option<Instant> {
+        match self.exit {
+            Exit::Speaking { deadline, .. } => Some(deadline),
+            _ => None,
+        }
+    }
+
+    fn leaving(&self) -> bool {
+        matches!(
+            self.exit,
+            Exit::Speaking { .. } | Exit::Moving { .. } | Exit::Gone
+        )
+    }
+
+    fn note(&mut self, role: &str, text: &str) -> usize {
+        self.transcript.push(TranscriptLine {
+            role: role.to_owned(),
+            text: text.to_owned(),
+            at_ms: now_ms(),
+            interrupted: false,
+        });
+        self.transcript.len() - 1
     }
 
     /// Handles one text frame from Twilio. Malformed frames are logged and skipped.
@@ -150,6 +267,7 @@ impl Session {
                     return;
                 }
                 self.set_up = true;
+                let setup = *setup;
                 self.span.record("call_sid", setup.call_sid.as_str());
                 self.span.record("session_id", setup.session_id.as_str());
                 tracing::info!(
@@ -158,7 +276,6 @@ impl Session {
                     parameters = setup.custom_parameters.len(),
                     "call set up"
                 );
-                let setup = *setup;
                 self.call = Arc::new(CallContext {
                     call_sid: setup.call_sid,
                     session_id: setup.session_id,
@@ -170,9 +287,11 @@ impl Session {
                 if let Some(greeting) = self.deps.welcome_greeting.clone() {
                     // Twilio speaks the greeting; it is the assistant's first message, and a
                     // barge-in during it trims it like any reply.
+                    let line = self.note("agent", &greeting);
                     self.last_spoken = Some(Spoken {
                         spans: vec![(self.history.len(), 0)],
                         text: greeting.clone(),
+                        transcript_line: Some(line),
                     });
                     self.history.push(Message::assistant(greeting));
                 }
@@ -187,8 +306,13 @@ impl Session {
                     tracing::debug!("empty prompt ignored");
                     return;
                 }
+                if self.leaving() {
+                    tracing::info!("caller spoke while the call is leaving; not answered");
+                    return;
+                }
                 tracing::info!(chars = text.chars().count(), "caller spoke");
                 self.stop_turn(Stop::Superseded);
+                self.note("caller", text);
                 self.start_turn(text.to_owned(), None);
             }
             Inbound::Dtmf(dtmf) => {
@@ -201,7 +325,11 @@ impl Session {
                     tracing::warn!("skipping a dtmf frame without a single valid key");
                     return;
                 }
-                // Digits are never logged.
+                if self.leaving() {
+                    tracing::info!("caller pressed a key while the call is leaving; ignored");
+                    return;
+                }
+                // Digits are never logged, nor written to the transcript.
                 tracing::info!("caller pressed a key");
                 let digits = match self.turn.as_mut().and_then(|t| t.dtmf.take()) {
                     // Keys pressed while the last keypress is still being answered (nothing said
@@ -209,11 +337,13 @@ impl Session {
                     Some(earlier) => {
                         let turn = self.turn.take().expect("checked above");
                         turn.cancel.cancel();
+                        self.drop_pending_exit(turn.id);
                         self.history.truncate(turn.start);
                         earlier + digit
                     }
                     None => {
                         self.stop_turn(Stop::Superseded);
+                        self.note("caller", "(pressed keys)");
                         digit.to_owned()
                     }
                 };
@@ -228,11 +358,16 @@ impl Session {
                 if self.turn.is_some() {
                     self.stop_turn(Stop::Interrupted(&interrupt.utterance_until_interrupt));
                 } else if let Some(spoken) = self.last_spoken.take() {
-                    trim_to_heard(
+                    let heard = trim_to_heard(
                         &mut self.history,
                         &spoken,
                         Some(&interrupt.utterance_until_interrupt),
                     );
+                    self.mark_heard(&spoken, heard);
+                }
+                if matches!(self.exit, Exit::Speaking { .. }) {
+                    // The caller talked over the last line; nothing more to wait for.
+                    self.leave_now();
                 }
             }
             Inbound::Error(error) => {
@@ -240,8 +375,19 @@ impl Session {
             }
             Inbound::Info(info) => match info.event() {
                 InfoEvent::AgentSpeaking(on) => {
-                    self.agent_speaking = on;
                     tracing::debug!(on, "agent speaking");
+                    if let Exit::Speaking {
+                        line_sent,
+                        heard_on,
+                        ..
+                    } = &mut self.exit
+                    {
+                        if on {
+                            *heard_on = true;
+                        } else if *heard_on || line_sent.elapsed() >= STALE_OFF {
+                            self.leave_now();
+                        }
+                    }
                 }
                 event => tracing::trace!(name = %info.name, ?event, "info"),
             },
@@ -249,11 +395,6 @@ impl Session {
                 tracing::debug!(%kind, "skipping a message type this version does not know");
             }
         }
-    }
-
-    /// Whether Twilio last reported the agent's audio as playing (`agentSpeaking`).
-    pub fn agent_speaking(&self) -> bool {
-        self.agent_speaking
     }
 
     fn start_turn(&mut self, user_text: String, dtmf: Option<String>) {
@@ -276,6 +417,7 @@ impl Session {
             id,
             call: self.call.clone(),
             messages: self.history.clone(),
+            control: Some(CallControl::new(self.control_tx.clone())),
         };
         let agent = self.deps.agent.clone();
         let events = self.events_tx.clone();
@@ -290,6 +432,17 @@ impl Session {
         );
     }
 
+    /// A handoff or end asked for by turn `id` is dropped with it.
+    fn drop_pending_exit(&mut self, id: TurnId) {
+        if matches!(self.exit, Exit::Pending { turn, .. } if turn == id) {
+            tracing::info!(
+                turn = id,
+                "the caller cut in: the pending handoff/end is not carried out"
+            );
+            self.exit = Exit::Staying;
+        }
+    }
+
     /// Cancels the turn in flight, keeps in history what the caller heard, and closes the talk
     /// cycle if anything was sent.
     fn stop_turn(&mut self, why: Stop<'_>) {
@@ -297,6 +450,7 @@ impl Session {
             return;
         };
         turn.cancel.cancel();
+        self.drop_pending_exit(turn.id);
         if !turn.pending.is_empty() {
             turn.spoken
                 .spans
@@ -308,15 +462,35 @@ impl Session {
             Stop::Interrupted(utterance) => Some(utterance),
             Stop::Superseded => None,
         };
-        trim_to_heard(&mut self.history, &turn.spoken, heard);
+        let heard_end = trim_to_heard(&mut self.history, &turn.spoken, heard);
         if !turn.spoken.text.is_empty() {
             self.outbox.push(Outbound::last(""));
+            let line = self.note("agent", &turn.spoken.text);
+            turn.spoken.transcript_line = Some(line);
+            if heard.is_some() {
+                self.mark_heard(&turn.spoken, heard_end);
+            }
         }
         tracing::debug!(
             turn = turn.id,
             interrupted = heard.is_some(),
             "turn stopped"
         );
+    }
+
+    /// Cuts the transcript line of `spoken` to what was heard.
+    fn mark_heard(&mut self, spoken: &Spoken, heard_end: usize) {
+        if let Some(line) = spoken
+            .transcript_line
+            .and_then(|i| self.transcript.get_mut(i))
+        {
+            let mut end = heard_end.min(spoken.text.len());
+            while !spoken.text.is_char_boundary(end) {
+                end -= 1;
+            }
+            line.text = spoken.text[..end].trim_end().to_owned();
+            line.interrupted = true;
+        }
     }
 
     /// Handles an event from a turn task; events of turns no longer current are dropped.
@@ -350,27 +524,233 @@ impl Session {
                 turn.pending.clear();
                 turn.step_start = turn.spoken.text.len();
             }
-            TurnEvent::Done => {
-                let turn = self.turn.take().expect("matched above");
-                self.outbox.push(Outbound::last(""));
-                tracing::debug!(turn = turn.id, chars = turn.spoken.text.len(), "turn done");
-                self.last_spoken = Some(turn.spoken);
-            }
-            TurnEvent::Failed(error) => {
+            TurnEvent::Done | TurnEvent::Failed(_) => {
                 let mut turn = self.turn.take().expect("matched above");
-                tracing::warn!(turn = turn.id, %error, "model failed; apologising to the caller");
-                let apology = spaced(&turn.spoken.text, &self.deps.error_line);
-                turn.spoken
-                    .spans
-                    .push((self.history.len(), turn.step_start));
-                turn.spoken.text.push_str(&apology);
-                self.history.push(Message::assistant(
-                    std::mem::take(&mut turn.pending) + &apology,
-                ));
-                self.outbox.push(Outbound::last(apology));
+                let exit = match std::mem::replace(&mut self.exit, Exit::Staying) {
+                    Exit::Pending { turn: t, action } if t == turn.id => Some(action),
+                    other => {
+                        self.exit = other;
+                        None
+                    }
+                };
+                let closing = match (&event, &exit) {
+                    (_, Some(action)) => {
+                        if let TurnEvent::Failed(error) = &event {
+                            tracing::warn!(turn = turn.id, %error, "model failed after asking to leave; leaving anyway");
+                        }
+                        self.line_for(action)
+                    }
+                    (TurnEvent::Failed(error), None) => {
+                        tracing::warn!(turn = turn.id, %error, "model failed; apologising to the caller");
+                        self.deps.error_line.clone()
+                    }
+                    _ => String::new(),
+                };
+                let closing = if closing.is_empty() {
+                    closing
+                } else {
+                    spaced(&turn.spoken.text, &closing)
+                };
+                if !closing.is_empty() {
+                    turn.spoken
+                        .spans
+                        .push((self.history.len(), turn.step_start));
+                    turn.spoken.text.push_str(&closing);
+                    self.history.push(Message::assistant(
+                        std::mem::take(&mut turn.pending) + &closing,
+                    ));
+                }
+                self.outbox.push(Outbound::last(closing));
+                if !turn.spoken.text.is_empty() {
+                    turn.spoken.transcript_line = Some(self.note("agent", &turn.spoken.text));
+                }
+                tracing::debug!(turn = turn.id, chars = turn.spoken.text.len(), "turn done");
+                if let Some(action) = exit {
+                    self.await_hearing(action, &turn.spoken.text);
+                }
                 self.last_spoken = Some(turn.spoken);
             }
         }
+    }
+
+    fn line_for(&self, action: &ExitAction) -> String {
+        match action {
+            ExitAction::Handoff { .. } => self.deps.handoff.handoff_line.clone(),
+            ExitAction::EndCall { .. } => self.deps.handoff.end_call_line.clone(),
+        }
+    }
+
+    /// The last line is out: wait for `agentSpeaking off`, at most about as long as the text
+    /// takes to say (~70 ms a character, plus a second), capped by `HANDOFF_MAX_WAIT_MS`.
+    fn await_hearing(&mut self, action: ExitAction, unheard: &str) {
+        let estimate = Duration::from_millis(unheard.chars().count() as u64 * 70 + 1000);
+        let now = Instant::now();
+        self.exit = Exit::Speaking {
+            action,
+            line_sent: now,
+            heard_on: false,
+            deadline: now + estimate.min(self.deps.handoff.max_wait),
+        };
+    }
+
+    /// The wait for the caller to hear the last line is over.
+    pub fn on_exit_timer(&mut self) {
+        if matches!(self.exit, Exit::Speaking { .. }) {
+            tracing::debug!("no agentSpeaking off in time; leaving on the estimate");
+            self.leave_now();
+        }
+    }
+
+    fn handoff_data(&self, reason_code: &str, reason: &str, summary: &str) -> HandoffData {
+        HandoffData {
+            reason_code: reason_code.to_owned(),
+            reason: reason.to_owned(),
+            summary: summary.to_owned(),
+            call_sid: self.call.call_sid.clone(),
+            from: self.call.from.clone(),
+            transcript: if reason_code == REASON_HANDOFF {
+                self.transcript.clone()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// Carries out the handoff or end.
+    fn leave_now(&mut self) {
+        let Exit::Speaking { action, .. } = std::mem::replace(&mut self.exit, Exit::Gone) else {
+            return;
+        };
+        match action {
+            ExitAction::EndCall { reason } => {
+                tracing::info!(%reason, "ending the call");
+                let data = self.handoff_data(REASON_END_CALL, &reason, "");
+                self.outbox.push(Outbound::End {
+                    handoff_data: Some(data.to_compact_json()),
+                });
+            }
+            ExitAction::Handoff { reason, summary } => {
+                let data = self.handoff_data(REASON_HANDOFF, &reason, &summary);
+                let handoff = self.deps.handoff.clone();
+                let path = match (&handoff.route, self.call.call_sid.is_empty()) {
+                    (Route::CallsApiToStudio { .. }, false) => HandoffPath::CallsApiToStudio,
+                    _ => HandoffPath::ConnectAction,
+                };
+                handoff.store.insert(HandoffRecord {
+                    call_sid: data.call_sid.clone(),
+                    from: data.from.clone(),
+                    to: self.call.to.clone(),
+                    reason: data.reason.clone(),
+                    summary: data.summary.clone(),
+                    transcript: data.transcript.clone(),
+                    handed_off_at_ms: now_ms(),
+                    path,
+                });
+                tracing::info!(%reason, ?path, "handing the call to a human");
+                match (&handoff.route, path) {
+                    (Route::CallsApiToStudio { client, flow }, HandoffPath::CallsApiToStudio) => {
+                        let twiml = studio_redirect_twiml(flow, &data);
+                        let client = client.clone();
+                        let call_sid = data.call_sid.clone();
+                        let moved = self.moved_tx.clone();
+                        self.deps.tracker.spawn(
+                            async move {
+                                let result = client
+                                    .update_call_twiml_with_retries(&call_sid, &twiml, 3)
+                                    .await;
+                                let _ = moved.send(result).await;
+                            }
+                            .instrument(self.span.clone()),
+                        );
+                        self.exit = Exit::Moving {
+                            data: Box::new(data),
+                        };
+                    }
+                    _ => self.send_end(&data),
+                }
+            }
+        }
+    }
+
+    fn send_end(&mut self, data: &HandoffData) {
+        self.outbox.push(Outbound::End {
+            handoff_data: Some(data.to_compact_json()),
+        });
+        self.exit = Exit::Gone;
+    }
+
+    /// The Calls API's answer to the redirect.
+    pub fn on_moved(&mut self, result: Result<(), RestError>) {
+        let Exit::Moving { data } = std::mem::replace(&mut self.exit, Exit::Gone) else {
+            return;
+        };
+        match result {
+            Ok(()) => tracing::info!("call moved to the Studio flow"),
+            Err(RestError::CallNotInProgress) => {
+                tracing::info!("the caller hung up before the handoff; ending the session");
+                self.close();
+            }
+            Err(error) => {
+                tracing::error!(%error, "Calls API could not move the call; handing off through end + <Connect action> instead");
+                self.deps
+                    .handoff
+                    .store
+                    .set_path(&data.call_sid, HandoffPath::ConnectAction);
+                self.send_end(&data);
+            }
+        }
+    }
+
+    /// A call-control tool's request.
+    pub fn on_control(&mut self, message: ControlMessage) {
+        let ControlMessage {
+            turn,
+            request,
+            reply,
+        } = message;
+        let current = self.turn.as_ref().is_some_and(|t| t.id == turn);
+        let answer = if !current {
+            tracing::info!(
+                turn,
+                ?request,
+                "refusing a call-control request from a turn that is over"
+            );
+            Err("This request was cancelled because the caller cut in. Do not repeat it unless the caller asks again.".to_owned())
+        } else {
+            match request {
+                ControlRequest::SwitchLanguage { language } => {
+                    tracing::info!(%language, "switching language");
+                    self.outbox.push(Outbound::Language {
+                        tts_language: Some(language.clone()),
+                        transcription_language: Some(language.clone()),
+                    });
+                    Ok(format!(
+                        "Switched to {language}. Answer only in that language from now on."
+                    ))
+                }
+                ControlRequest::Handoff { .. } | ControlRequest::EndCall { .. }
+                    if !matches!(self.exit, Exit::Staying) =>
+                {
+                    tracing::info!("a handoff or end is already in progress; not doing it twice");
+                    Err("A transfer or hang-up is already in progress. Do not call it again and say nothing more.".to_owned())
+                }
+                ControlRequest::Handoff { reason, summary } => {
+                    self.exit = Exit::Pending {
+                        turn,
+                        action: ExitAction::Handoff { reason, summary },
+                    };
+                    Ok("The transfer to a human agent has started; a transfer message is spoken for you.".to_owned())
+                }
+                ControlRequest::EndCall { reason } => {
+                    self.exit = Exit::Pending {
+                        turn,
+                        action: ExitAction::EndCall { reason },
+                    };
+                    Ok("The call will end after a goodbye message spoken for you.".to_owned())
+                }
+            }
+        };
+        let _ = reply.send(answer);
     }
 
     /// Cancels everything the call owns.
@@ -393,9 +773,10 @@ fn spaced(before: &str, line: &str) -> String {
 
 /// Cuts a turn's assistant messages to what the caller heard and marks them interrupted.
 /// With no utterance (superseded), or one that cannot be found, everything sent counts as heard.
-fn trim_to_heard(history: &mut Vec<Message>, spoken: &Spoken, utterance: Option<&str>) {
+/// Returns where, in the turn's spoken text, the caller stopped hearing.
+fn trim_to_heard(history: &mut Vec<Message>, spoken: &Spoken, utterance: Option<&str>) -> usize {
     let Some(utterance) = utterance else {
-        return;
+        return spoken.text.len();
     };
     let heard_end = heard_end(&spoken.text, utterance).unwrap_or(spoken.text.len());
     for &(index, offset) in spoken.spans.iter().rev() {
@@ -421,6 +802,7 @@ fn trim_to_heard(history: &mut Vec<Message>, spoken: &Spoken, utterance: Option<
             history.pop();
         }
     }
+    heard_end
 }
 
 /// Where, in `spoken`, the caller's `utterance` ends: matched case- and whitespace-tolerantly,
@@ -475,12 +857,12 @@ fn heard_end(spoken: &str, utterance: &str) -> Option<usize> {
 pub async fn run(socket: WebSocket, deps: SessionDeps, cancel: CancellationToken) {
     let span = tracing::info_span!("call", call_sid = field::Empty, session_id = field::Empty);
     let started = Instant::now();
-    let (events_tx, mut events_rx) = mpsc::channel(256);
-    let mut session = Session::new(deps, events_tx, cancel.clone(), span.clone());
+    let (mut session, mut inbox) = Session::new(deps, cancel.clone(), span.clone());
     let (mut sink, mut stream) = socket.split();
     async move {
         tracing::debug!("websocket open");
         loop {
+            let deadline = session.exit_deadline();
             tokio::select! {
                 // Frames first: an interrupt must be seen before more tokens are written.
                 biased;
@@ -497,7 +879,10 @@ pub async fn run(socket: WebSocket, deps: SessionDeps, cancel: CancellationToken
                         break;
                     }
                 },
-                Some((id, event)) = events_rx.recv() => session.on_turn_event(id, event),
+                Some((id, event)) = inbox.events.recv() => session.on_turn_event(id, event),
+                Some(request) = inbox.control.recv() => session.on_control(request),
+                Some(result) = inbox.moved.recv() => session.on_moved(result),
+                () = sleep_until(deadline) => session.on_exit_timer(),
             }
             for message in session.take_outbox() {
                 match message.to_frame() {
@@ -522,6 +907,14 @@ pub async fn run(socket: WebSocket, deps: SessionDeps, cancel: CancellationToken
     }
     .instrument(span)
     .await;
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]
@@ -567,6 +960,7 @@ mod tests {
         let spoken = Spoken {
             text: "Let me check. One moment. Your order ships Monday.".into(),
             spans: vec![(1, 0), (3, 26)],
+            transcript_line: None,
         };
         trim_to_heard(
             &mut history,

@@ -168,6 +168,38 @@ pub fn say_and_hang_up(text: Option<&str>) -> String {
     })
 }
 
+/// `<Response><Redirect method="POST">url</Redirect></Response>`: continue the call at `url`
+/// (for example a Studio flow with `FlowEvent=return`).
+pub fn redirect(url: &str) -> String {
+    document(|w| {
+        w.create_element("Response").write_inner_content(|w| {
+            w.create_element("Redirect")
+                .with_attribute(("method", "POST"))
+                .write_text_content(BytesText::new(&clean(url)))?;
+            Ok(())
+        })?;
+        Ok(())
+    })
+}
+
+/// `<Response><Enqueue workflowSid="WW…"><Task>attributes</Task></Enqueue></Response>`: put the
+/// caller in a TaskRouter workflow (Flex) with `attributes` (a JSON text) on the task.
+pub fn enqueue_task(workflow_sid: &str, attributes: &str) -> String {
+    document(|w| {
+        w.create_element("Response").write_inner_content(|w| {
+            w.create_element("Enqueue")
+                .with_attribute(("workflowSid", clean(workflow_sid).as_ref()))
+                .write_inner_content(|w| {
+                    w.create_element("Task")
+                        .write_text_content(BytesText::new(&clean(attributes)))?;
+                    Ok(())
+                })?;
+            Ok(())
+        })?;
+        Ok(())
+    })
+}
+
 /// A parsed TwiML element: enough of a DOM to read a document Twilio would execute (the
 /// simulator and the tests use it; the server only writes TwiML).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -353,6 +385,21 @@ mod tests {
         let say = parse(&say_and_hang_up(Some("A & B"))).unwrap();
         assert_eq!(say.find("Say").unwrap().text, "A & B");
         assert!(parse("<Response><Say>").is_err());
+    }
+
+    #[test]
+    fn redirect_and_enqueue_escape_their_content() {
+        let doc = redirect("https://w.example/F?FlowEvent=return&a=1");
+        assert!(doc.contains(
+            r#"<Redirect method="POST">https://w.example/F?FlowEvent=return&amp;a=1</Redirect>"#
+        ));
+        let doc = enqueue_task("WW1", r#"{"name":"A & <B>"}"#);
+        let root = parse(&doc).unwrap();
+        assert_eq!(
+            root.find("Enqueue").unwrap().attr("workflowSid"),
+            Some("WW1")
+        );
+        assert_eq!(root.find("Task").unwrap().text, r#"{"name":"A & <B>"}"#);
     }
 
     #[test]

@@ -1,0 +1,215 @@
+//! A small typed client for the one Twilio REST call we make: updating a live call with new TwiML
+//! (`POST /2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json`, form field `Twiml`), per
+//! <https://www.twilio.com/docs/voice/api/call-resource#update-a-call-resource>.
+//!
+//! Ours rather than `twilio-async`, which cannot update a call and has a fixed base URL. The base
+//! URL comes from `TWILIO_API_BASE` so tests point it at a fake. Auth is HTTP Basic with the
+//! account SID and auth token, or an API key SID (`SK…`) and secret; the account SID stays in the
+//! path either way.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// Why a call update failed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum RestError {
+    /// Error 21220: the call is not in progress (the caller hung up). Not retryable.
+    #[error("the call is no longer in progress (Twilio error 21220)")]
+    CallNotInProgress,
+    /// An error answer from Twilio. Retryable when 429 or 5xx.
+    #[error("Twilio answered HTTP {status} (code {code:?}): {message}")]
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// Twilio error code, when the body had one.
+        code: Option<u32>,
+        /// Twilio's message.
+        message: String,
+    },
+    /// No answer in time. Retryable.
+    #[error("Twilio did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Connection failure. Retryable.
+    #[error("cannot reach Twilio: {0}")]
+    Transport(String),
+}
+
+impl RestError {
+    /// Worth trying again: rate limits, server errors, timeouts and connection failures.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            RestError::Status { status, .. } => *status == 429 || *status >= 500,
+            RestError::Timeout(_) | RestError::Transport(_) => true,
+            RestError::CallNotInProgress => false,
+        }
+    }
+}
+
+/// Twilio's JSON error body.
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    code: Option<u32>,
+    #[serde(default)]
+    message: String,
+}
+
+/// The Calls API client.
+#[derive(Clone)]
+pub struct CallsClient {
+    http: reqwest::Client,
+    base: String,
+    account_sid: String,
+    user: String,
+    password: SecretString,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for CallsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallsClient")
+            .field("base", &self.base)
+            .field("account_sid", &self.account_sid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CallsClient {
+    /// A client for `account_sid` at `base` (`https://api.twilio.com`), authenticating as
+    /// `user`/`password`, giving each request `timeout`.
+    ///
+    /// # Errors
+    /// A message when the HTTP client cannot be built.
+    pub fn new(
+        base: &str,
+        account_sid: &str,
+        user: &str,
+        password: SecretString,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| format!("cannot build the Twilio HTTP client: {e}"))?;
+        Ok(CallsClient {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            account_sid: account_sid.to_owned(),
+            user: user.to_owned(),
+            password,
+            timeout,
+        })
+    }
+
+    /// Replaces the live call's TwiML with `twiml` (one attempt).
+    ///
+    /// # Errors
+    /// [`RestError`]; 21220 becomes [`RestError::CallNotInProgress`].
+    pub async fn update_call_twiml(&self, call_sid: &str, twiml: &str) -> Result<(), RestError> {
+        let url = format!(
+            "{}/2010-04-01/Accounts/{}/Calls/{}.json",
+            self.base,
+            self.account_sid,
+            urlencode_path(call_sid)
+        );
+        let response = self
+            .http
+            .post(&url)
+            .basic_auth(&self.user, Some(self.password.expose_secret()))
+            .header(reqwest::header::ACCEPT, "application/json")
+            .form(&[("Twiml", twiml)])
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    RestError::Timeout(self.timeout)
+                } else {
+                    RestError::Transport(e.to_string())
+                }
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = response.text().await.unwrap_or_default();
+        let parsed: Option<ErrorBody> = serde_json::from_str(&body).ok();
+        let code = parsed.as_ref().and_then(|b| b.code);
+        if code == Some(21220) {
+            return Err(RestError::CallNotInProgress);
+        }
+        Err(RestError::Status {
+            status: status.as_u16(),
+            code,
+            message: parsed
+                .map(|b| b.message)
+                .unwrap_or_else(|| body.chars().take(200).collect()),
+        })
+    }
+
+    /// [`CallsClient::update_call_twiml`] with up to `attempts` tries for retryable errors,
+    /// pausing 200 ms, then 400 ms, … (with jitter) between them.
+    ///
+    /// # Errors
+    /// The last [`RestError`].
+    pub async fn update_call_twiml_with_retries(
+        &self,
+        call_sid: &str,
+        twiml: &str,
+        attempts: u32,
+    ) -> Result<(), RestError> {
+        let mut attempt = 1;
+        loop {
+            match self.update_call_twiml(call_sid, twiml).await {
+                Err(e) if e.is_retryable() && attempt < attempts => {
+                    let base = 200u64 << (attempt - 1);
+                    let pause = Duration::from_millis(base + rand::random_range(0..=base / 2));
+                    tracing::warn!(error = %e, attempt, pause_ms = pause.as_millis() as u64, "Calls API failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// A call SID only ever holds `[A-Za-z0-9]`; anything else is percent-encoded so it cannot
+/// change the path.
+fn urlencode_path(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_errors() {
+        let status = |s| RestError::Status {
+            status: s,
+            code: None,
+            message: String::new(),
+        };
+        assert!(status(429).is_retryable());
+        assert!(status(503).is_retryable());
+        assert!(!status(401).is_retryable());
+        assert!(!RestError::CallNotInProgress.is_retryable());
+        assert!(RestError::Timeout(Duration::from_secs(1)).is_retryable());
+    }
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(urlencode_path("CA12ab"), "CA12ab");
+        assert_eq!(urlencode_path("../x"), "%2E%2E%2Fx");
+    }
+}
