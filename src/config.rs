@@ -175,6 +175,8 @@ pub const DEFAULT_WELCOME_GREETING: &str = "Hi, this is relaybot. How can I help
 pub const DEFAULT_ERROR_LINE: &str =
     "Sorry, I'm having trouble answering right now. Could you say that again?";
 
+/// Twilio's REST API host.
+pub const DEFAULT_TWILIO_API_BASE: &str = "https://api.twilio.com";
 /// Spoken before a handoff when `HANDOFF_LINE` is unset.
 pub const DEFAULT_HANDOFF_LINE: &str = "One moment while I connect you to an agent.";
 /// Spoken before the agent hangs up when `END_CALL_LINE` is unset.
@@ -584,7 +586,7 @@ impl Config {
                 .get("TWILIO_AUTH_TOKEN")
                 .map(|t| SecretString::from(t.trim().to_owned())),
             api_key,
-            api_base: http_url(&vars, "TWILIO_API_BASE", "https://api.twilio.com")?,
+            api_base: http_url(&vars, "TWILIO_API_BASE", DEFAULT_TWILIO_API_BASE)?,
         };
         if let Some(sid) = &twilio.account_sid {
             check_sid("TWILIO_ACCOUNT_SID", sid, "AC", "an account SID")?;

@@ -3,11 +3,11 @@
 
 use std::{process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use relaybot::{
     agent::tools::ToolRegistry,
     config::Config,
-    simulator::{self, CallCommand, DialOptions},
+    simulator::{self, CallCommand, DialOptions, FakeCallsApi},
 };
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -27,31 +27,39 @@ enum Command {
     /// Run the server (the default). Settings come from the environment and .env.
     Serve,
     /// Ring the server the way Twilio does and talk to the agent in the terminal.
-    Call {
-        /// Server to call; default http://HOST:PORT from the settings. If nothing answers there,
-        /// a server is started in-process.
-        #[arg(long)]
-        url: Option<String>,
-        /// A caller line for a scripted call (repeatable; `/dtmf 5` and `/interrupt` work too).
-        /// Without it the call is interactive.
-        #[arg(long = "say", value_name = "TEXT")]
-        say: Vec<String>,
-        /// The caller's number (`From`).
-        #[arg(long, default_value = "+15005550006")]
-        from: String,
-        /// The number called (`To`).
-        #[arg(long, default_value = "+15005550001")]
-        to: String,
-        /// Longest wait for one reply, in seconds.
-        #[arg(long, default_value_t = 60)]
-        reply_timeout: u64,
-    },
+    Call(CallArgs),
+}
+
+#[derive(Args)]
+struct CallArgs {
+    /// Server to call; default http://HOST:PORT from the settings. If nothing answers there, a
+    /// server is started in-process.
+    #[arg(long)]
+    url: Option<String>,
+    /// A caller line for a scripted call (repeatable; `/dtmf 5` and `/interrupt` work too).
+    /// Without it the call is interactive.
+    #[arg(long = "say", value_name = "TEXT")]
+    say: Vec<String>,
+    /// The caller's number (`From`).
+    #[arg(long, default_value = "+15005550006")]
+    from: String,
+    /// The number called (`To`).
+    #[arg(long, default_value = "+15005550001")]
+    to: String,
+    /// Longest wait for one reply, in seconds.
+    #[arg(long, default_value_t = 60)]
+    reply_timeout: u64,
+    /// After a scripted call's last line, how long the caller stays on for a handoff or goodbye,
+    /// in milliseconds.
+    #[arg(long, default_value_t = 1500)]
+    linger_ms: u64,
 }
 
 fn init_tracing(default: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }
@@ -82,7 +90,7 @@ async fn shutdown_signal() {
 async fn main() -> ExitCode {
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
-    let is_call = matches!(cli.command, Some(Command::Call { .. }));
+    let is_call = matches!(cli.command, Some(Command::Call(_)));
     init_tracing(if is_call {
         "warn"
     } else {
@@ -97,23 +105,7 @@ async fn main() -> ExitCode {
     };
     let result = match cli.command {
         None | Some(Command::Serve) => serve(config).await,
-        Some(Command::Call {
-            url,
-            say,
-            from,
-            to,
-            reply_timeout,
-        }) => {
-            call(
-                config,
-                url,
-                say,
-                from,
-                to,
-                Duration::from_secs(reply_timeout),
-            )
-            .await
-        }
+        Some(Command::Call(args)) => call(config, args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -128,13 +120,14 @@ async fn serve(config: Config) -> Result<(), String> {
     for var in &config.relay.unknown_attributes {
         tracing::warn!(%var, "not a known ConversationRelay attribute; passing it through as written");
     }
-    let addr = (config.host, config.port);
-    let listener = TcpListener::bind(addr).await.map_err(|e| {
-        format!(
-            "cannot listen on {}:{}: {e} (set HOST/PORT)",
-            config.host, config.port
-        )
-    })?;
+    let listener = TcpListener::bind((config.host, config.port))
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot listen on {}:{}: {e} (set HOST/PORT)",
+                config.host, config.port
+            )
+        })?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!("relaybot listening on http://{local}");
     tracing::info!("answering with {}", config.describe_llm());
@@ -144,9 +137,8 @@ async fn serve(config: Config) -> Result<(), String> {
             url.as_str().trim_end_matches('/')
         ),
         None => tracing::info!(
-            "PUBLIC_URL is not set: expose port {} (for example `ngrok http {}`) and give Twilio https://<your-host>/twiml as the voice webhook (POST)",
-            local.port(),
-            local.port()
+            "PUBLIC_URL is not set: expose port {port} (for example `ngrok http {port}`) and give Twilio https://<your-host>/twiml as the voice webhook (POST)",
+            port = local.port()
         ),
     }
     tracing::info!("talk to it from another terminal: cargo run --release -- call");
@@ -157,14 +149,7 @@ async fn serve(config: Config) -> Result<(), String> {
         .map_err(|e| format!("server failed: {e}"))
 }
 
-async fn call(
-    config: Config,
-    url: Option<String>,
-    script: Vec<String>,
-    from: String,
-    to: String,
-    reply_timeout: Duration,
-) -> Result<(), String> {
+async fn call(config: Config, args: CallArgs) -> Result<(), String> {
     let host = if config.host.is_unspecified() {
         "127.0.0.1".to_owned()
     } else if config.host.is_ipv6() {
@@ -172,10 +157,13 @@ async fn call(
     } else {
         config.host.to_string()
     };
-    let url = url.unwrap_or_else(|| format!("http://{host}:{}", config.port));
+    let url = args
+        .url
+        .clone()
+        .unwrap_or_else(|| format!("http://{host}:{}", config.port));
     let options = DialOptions {
-        from,
-        to,
+        from: args.from.clone(),
+        to: args.to.clone(),
         auth_token: config.twilio.auth_token.clone(),
         public_url: config
             .public_url
@@ -192,27 +180,49 @@ async fn call(
         .await
         .is_ok_and(|r| r.status().is_success());
     let mut in_process = None;
+    let mut calls_api = None;
+    let mut _stand_in = None;
     let target = if alive {
         url
     } else {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| e.to_string())?;
-        let state = relaybot::build_state(config.clone(), ToolRegistry::new())?;
+        let mut config = config.clone();
+        let default_api = config.twilio.api_base == relaybot::config::DEFAULT_TWILIO_API_BASE;
+        if default_api
+            && config.handoff.studio_flow_url.is_some()
+            && config.twilio.rest_credentials().is_some()
+        {
+            // The in-process server's Calls API requests come to us, as they would to Twilio
+            // (a call placed by this simulator does not exist at the real Twilio).
+            let (api, updates) = FakeCallsApi::start().await.map_err(|e| e.to_string())?;
+            println!(
+                "Calls API requests go to this caller's stand-in for Twilio at {}.",
+                api.base_url
+            );
+            config.twilio.api_base = api.base_url.clone();
+            calls_api = Some(updates);
+            _stand_in = Some(api);
+        }
+        let describe = config.describe_llm();
+        let state = relaybot::build_state(config, ToolRegistry::new())?;
         let server = relaybot::start(listener, state).map_err(|e| e.to_string())?;
         let target = format!("http://{}", server.addr);
         println!(
             "No relaybot server answered at {url}, so one was started in-process at {target}."
         );
-        println!("It answers with {}.", config.describe_llm());
+        println!("It answers with {describe}.");
         in_process = Some(server);
         target
     };
     let result = simulator::run_call(CallCommand {
         url: target,
-        script,
+        script: args.say,
         options,
-        reply_timeout,
+        reply_timeout: Duration::from_secs(args.reply_timeout),
+        linger: Duration::from_millis(args.linger_ms),
+        calls_api,
     })
     .await
     .map_err(|e| e.to_string());

@@ -15,7 +15,7 @@ use std::{io::Write as _, time::Duration};
 use futures::{SinkExt, StreamExt};
 use rand::RngExt as _;
 use secrecy::{ExposeSecret, SecretString};
-use tokio::{io::AsyncBufReadExt, net::TcpStream};
+use tokio::{io::AsyncBufReadExt, net::TcpStream, sync::mpsc};
 use tokio_tungstenite::{
     tungstenite::{client::IntoClientRequest, Message as WsMessage},
     MaybeTlsStream, WebSocketStream,
@@ -454,7 +454,7 @@ async fn post_form(
 }
 
 /// Settings of the `call` command.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CallCommand {
     /// Server base URL, for example `http://127.0.0.1:8080`.
     pub url: String,
@@ -464,6 +464,76 @@ pub struct CallCommand {
     pub options: DialOptions,
     /// Longest wait for one reply.
     pub reply_timeout: Duration,
+    /// After the script, how long the caller stays on the line for anything more (a handoff or
+    /// a goodbye).
+    pub linger: Duration,
+    /// Call updates received by our stand-in Calls API ([`FakeCallsApi`]), when the server uses it.
+    pub calls_api: Option<mpsc::Receiver<CallUpdate>>,
+}
+
+/// A `POST …/Calls/{CallSid}.json` received by [`FakeCallsApi`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallUpdate {
+    /// The call updated.
+    pub call_sid: String,
+    /// The `Twiml` form field.
+    pub twiml: String,
+}
+
+/// A stand-in for Twilio's Calls API, so the in-process server of `relaybot call` can move a
+/// call to Studio and the terminal shows what Twilio would have been asked to do.
+pub struct FakeCallsApi {
+    /// `http://127.0.0.1:port`: give it to the server as `TWILIO_API_BASE`.
+    pub base_url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeCallsApi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeCallsApi {
+    /// Starts on a free loopback port; updates arrive on the returned receiver.
+    ///
+    /// # Errors
+    /// The port cannot be bound.
+    pub async fn start() -> std::io::Result<(Self, mpsc::Receiver<CallUpdate>)> {
+        use axum::{extract::Path, routing::post, Router};
+        let (tx, rx) = mpsc::channel(8);
+        let app = Router::new().route(
+            "/2010-04-01/Accounts/{account}/Calls/{call}",
+            post(
+                move |Path((_account, call)): Path<(String, String)>, body: String| {
+                    let tx = tx.clone();
+                    async move {
+                        let call_sid = call.trim_end_matches(".json").to_owned();
+                        let form: Vec<(String, String)> =
+                            serde_urlencoded::from_str(&body).unwrap_or_default();
+                        let twiml = form
+                            .into_iter()
+                            .find(|(k, _)| k == "Twiml")
+                            .map(|(_, v)| v)
+                            .unwrap_or_default();
+                        let _ = tx
+                            .send(CallUpdate {
+                                call_sid: call_sid.clone(),
+                                twiml,
+                            })
+                            .await;
+                        axum::Json(serde_json::json!({"sid": call_sid, "status": "in-progress"}))
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base_url = format!("http://{}", listener.local_addr()?);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok((FakeCallsApi { base_url, task }, rx))
+    }
 }
 
 /// Prints frames as they arrive and tracks what the caller has heard.
@@ -548,11 +618,39 @@ fn action(line: &str) -> Action<'_> {
     }
 }
 
+/// What the caller notices next.
+enum Event {
+    Frame(Option<Outbound>),
+    Moved(CallUpdate),
+    Quiet,
+}
+
+async fn next_event(
+    caller: &mut Caller,
+    calls_api: &mut Option<mpsc::Receiver<CallUpdate>>,
+    within: Duration,
+    quiet_ok: bool,
+) -> Result<Event, SimError> {
+    let moved = async {
+        match calls_api.as_mut() {
+            Some(rx) => rx.recv().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        Some(update) = moved => Ok(Event::Moved(update)),
+        frame = caller.next(within) => match frame {
+            Err(SimError::Timeout(_)) if quiet_ok => Ok(Event::Quiet),
+            other => other.map(Event::Frame),
+        },
+    }
+}
+
 /// Runs the `call` command: a scripted call when `script` is non-empty, else interactive.
 ///
 /// # Errors
 /// [`SimError`] when the server cannot be reached or misbehaves.
-pub async fn run_call(command: CallCommand) -> Result<(), SimError> {
+pub async fn run_call(mut command: CallCommand) -> Result<(), SimError> {
     let mut caller = Caller::dial(&command.url, command.options.clone()).await?;
     println!(
         "ringing {} as {} (CallSid {})",
@@ -563,6 +661,7 @@ pub async fn run_call(command: CallCommand) -> Result<(), SimError> {
     }
     let speaker_events = caller.speaker_events();
     let mut printer = Printer::default();
+    let calls_api = &mut command.calls_api;
     if command.script.is_empty() {
         println!("Type what the caller says and press Enter. /dtmf 5 presses keys, /interrupt barges in, /quit hangs up.");
         let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
@@ -574,20 +673,16 @@ pub async fn run_call(command: CallCommand) -> Result<(), SimError> {
                         break;
                     }
                 }
-                frame = caller.next(Duration::from_secs(24 * 3600)) => {
-                    match frame? {
-                        None => { println!("[call ended by the server]"); return Ok(()); }
-                        Some(message) => {
-                            if on_frame(&mut caller, &mut printer, &message, speaker_events).await? {
-                                return Ok(());
-                            }
-                        }
+                event = next_event(&mut caller, calls_api, Duration::from_secs(24 * 3600), true) => {
+                    if on_event(&mut caller, &mut printer, event?, speaker_events).await? {
+                        return Ok(());
                     }
                 }
             }
         }
     } else {
-        for line in &command.script {
+        let script = command.script.clone();
+        for line in &script {
             println!("caller: {line}");
             if !perform(&mut caller, &mut printer, line).await? {
                 break;
@@ -595,14 +690,12 @@ pub async fn run_call(command: CallCommand) -> Result<(), SimError> {
             if matches!(action(line), Action::Help) {
                 continue;
             }
-            // Wait for the reply to this line to finish (or for the session to end).
+            // Wait for the reply to this line to finish (or for the call to leave).
             loop {
-                let Some(message) = caller.next(command.reply_timeout).await? else {
-                    println!("[call ended by the server]");
-                    return Ok(());
-                };
-                let closes = matches!(message, Outbound::Text { last: true, .. });
-                if on_frame(&mut caller, &mut printer, &message, speaker_events).await? {
+                let event =
+                    next_event(&mut caller, calls_api, command.reply_timeout, false).await?;
+                let closes = matches!(event, Event::Frame(Some(Outbound::Text { last: true, .. })));
+                if on_event(&mut caller, &mut printer, event, speaker_events).await? {
                     return Ok(());
                 }
                 if closes {
@@ -610,14 +703,59 @@ pub async fn run_call(command: CallCommand) -> Result<(), SimError> {
                 }
             }
         }
+        // Stay on the line briefly: a handoff or goodbye may follow the last reply.
+        loop {
+            let event = next_event(&mut caller, calls_api, command.linger, true).await?;
+            if matches!(event, Event::Quiet) {
+                break;
+            }
+            if on_event(&mut caller, &mut printer, event, speaker_events).await? {
+                return Ok(());
+            }
+        }
     }
     println!("[caller hung up]");
-    let action = caller.action.clone();
-    if action.is_some() {
+    if caller.action.is_some() {
         let _ = caller.post_action("completed", "completed", &[]).await;
     }
     caller.hang_up().await;
     Ok(())
+}
+
+/// Shows what happened. Returns `true` when the call has left Conversation Relay.
+async fn on_event(
+    caller: &mut Caller,
+    printer: &mut Printer,
+    event: Event,
+    speaker_events: bool,
+) -> Result<bool, SimError> {
+    match event {
+        Event::Quiet => Ok(false),
+        Event::Frame(None) => {
+            println!("[call ended by the server]");
+            Ok(true)
+        }
+        Event::Frame(Some(message)) => on_frame(caller, printer, &message, speaker_events).await,
+        Event::Moved(update) => {
+            if printer.open {
+                println!();
+                printer.open = false;
+            }
+            println!(
+                "[twilio] Calls API update for {}: {}",
+                update.call_sid, update.twiml
+            );
+            if let Ok(root) = twiml::parse(&update.twiml) {
+                if let Some(redirect) = root.find("Redirect") {
+                    println!(
+                        "[twilio] the call leaves Conversation Relay and is redirected to {}",
+                        redirect.text
+                    );
+                }
+            }
+            Ok(true)
+        }
+    }
 }
 
 /// Acts on one caller line. Returns `false` to hang up.
@@ -655,9 +793,15 @@ async fn on_frame(
         !printer.open && matches!(message, Outbound::Text { token, .. } if !token.is_empty());
     printer.show(message);
     match message {
-        Outbound::Text { last: true, .. } if speaker_events => caller.agent_speaking(false).await?,
-        Outbound::Text { .. } if speaker_events && first_of_reply => {
-            caller.agent_speaking(true).await?
+        // Twilio reports the agent's audio starting and, when the talk cycle is over, stopping.
+        // (Playback here is instant.)
+        Outbound::Text { last, .. } if speaker_events => {
+            if first_of_reply {
+                caller.agent_speaking(true).await?;
+            }
+            if *last {
+                caller.agent_speaking(false).await?;
+            }
         }
         Outbound::End { handoff_data } => {
             let extra: Vec<(String, String)> = handoff_data

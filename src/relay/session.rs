@@ -17,7 +17,9 @@
 //! everything: the model's words and the configured line go out with `last:true`, then the
 //! session waits for `agentSpeaking off` (or a bound estimated from the text length, never
 //! longer than `HANDOFF_MAX_WAIT_MS`) before it sends `end` or asks the Calls API to move the
-//! call. A request from a turn that was interrupted or replaced is never carried out.
+//! call. A request from a turn that was interrupted or replaced is never carried out, and a
+//! caller who talks over the goodbye line is not hung up on (a transfer they asked for still
+//! goes ahead).
 
 use std::{sync::Arc, time::Duration};
 
@@ -365,9 +367,20 @@ impl Session {
                     );
                     self.mark_heard(&spoken, heard);
                 }
-                if matches!(self.exit, Exit::Speaking { .. }) {
-                    // The caller talked over the last line; nothing more to wait for.
-                    self.leave_now();
+                match &self.exit {
+                    // The caller talked over the goodbye: they are still there and want
+                    // something, so the call stays up and their words are answered.
+                    Exit::Speaking {
+                        action: ExitAction::EndCall { .. },
+                        ..
+                    } => {
+                        tracing::info!("caller spoke over the goodbye; staying on the line");
+                        self.exit = Exit::Staying;
+                    }
+                    // A transfer the caller asked for goes ahead (they are most likely saying
+                    // "thanks"); there is nothing more to wait for.
+                    Exit::Speaking { .. } => self.leave_now(),
+                    _ => {}
                 }
             }
             Inbound::Error(error) => {
@@ -899,6 +912,8 @@ pub async fn run(socket: WebSocket, deps: SessionDeps, cancel: CancellationToken
             }
         }
         session.close();
+        // Say goodbye properly when we end the session (a no-op if Twilio already closed).
+        let _ = sink.close().await;
         tracing::info!(
             seconds = started.elapsed().as_secs(),
             messages = session.history().len(),

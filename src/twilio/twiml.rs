@@ -1,5 +1,5 @@
 //! TwiML documents we answer Twilio with, written with `quick-xml` (never by string
-//! concatenation, so every attribute value and text node is escaped: `"`, `'`, `&`, `<`, `>`).
+//! concatenation): attribute values escape `"`, `'`, `&`, `<`, `>`; text nodes `&`, `<`, `>`.
 //!
 //! Shapes: `<Connect>` (<https://www.twilio.com/docs/voice/twiml/connect>) and
 //! `<ConversationRelay>` with its `<Language>` and `<Parameter>` children
@@ -86,6 +86,14 @@ fn clean(value: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// A text node: `<`, `>` and `&` escaped; quotes left readable (they need no escaping in text,
+/// and the JSON inside `<Task>` stays legible).
+fn text(value: &str) -> BytesText<'static> {
+    BytesText::from_escaped(
+        quick_xml::escape::partial_escape(clean(value).into_owned()).into_owned(),
+    )
+}
+
 fn document(body: impl FnOnce(&mut Writer<Cursor<Vec<u8>>>) -> std::io::Result<()>) -> String {
     let mut writer = Writer::new(Cursor::new(Vec::new()));
     // Writing to an in-memory buffer cannot fail.
@@ -159,7 +167,7 @@ pub fn say_and_hang_up(text: Option<&str>) -> String {
         w.create_element("Response").write_inner_content(|w| {
             if let Some(text) = text.filter(|t| !t.trim().is_empty()) {
                 w.create_element("Say")
-                    .write_text_content(BytesText::new(&clean(text)))?;
+                    .write_text_content(self::text(text))?;
             }
             w.create_element("Hangup").write_empty()?;
             Ok(())
@@ -175,7 +183,7 @@ pub fn redirect(url: &str) -> String {
         w.create_element("Response").write_inner_content(|w| {
             w.create_element("Redirect")
                 .with_attribute(("method", "POST"))
-                .write_text_content(BytesText::new(&clean(url)))?;
+                .write_text_content(text(url))?;
             Ok(())
         })?;
         Ok(())
@@ -191,7 +199,7 @@ pub fn enqueue_task(workflow_sid: &str, attributes: &str) -> String {
                 .with_attribute(("workflowSid", clean(workflow_sid).as_ref()))
                 .write_inner_content(|w| {
                     w.create_element("Task")
-                        .write_text_content(BytesText::new(&clean(attributes)))?;
+                        .write_text_content(text(attributes))?;
                     Ok(())
                 })?;
             Ok(())

@@ -1,6 +1,6 @@
 //! `relaybot call` run as a process, as a new user runs it.
 
-use std::process::Command;
+use std::process::{Command, Output};
 
 /// A loopback port with nothing listening (bound, then released).
 fn free_port() -> u16 {
@@ -11,38 +11,46 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Runs `relaybot call` with no key and no server (so one starts in-process), with `env` set.
+fn call(env: &[(&str, &str)], lines: &[&str]) -> (Output, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_relaybot"));
+    command
+        .current_dir(std::env::temp_dir())
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("LLM_PROVIDER")
+        .env_remove("PUBLIC_URL")
+        .env_remove("STUDIO_FLOW_URL")
+        .env_remove("TWILIO_WORKFLOW_SID")
+        .env_remove("TWILIO_ACCOUNT_SID")
+        .env_remove("TWILIO_AUTH_TOKEN")
+        .env_remove("TWILIO_API_BASE")
+        .env("PORT", free_port().to_string())
+        .env("OFFLINE_TOKEN_DELAY_MS", "1")
+        .arg("call");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    for line in lines {
+        command.args(["--say", line]);
+    }
+    let output = command.output().expect("run relaybot");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output, stdout)
+}
+
 /// With no key and no server, `relaybot call --say …` starts a server in-process, the offline
 /// agent answers each line, and the call ends cleanly.
 #[test]
 fn call_command_talks_to_the_offline_agent_end_to_end() {
-    let dir = std::env::temp_dir();
-    let output = Command::new(env!("CARGO_BIN_EXE_relaybot"))
-        .current_dir(&dir)
-        .env_remove("OPENAI_API_KEY")
-        .env_remove("LLM_PROVIDER")
-        .env_remove("TWILIO_AUTH_TOKEN")
-        .env_remove("PUBLIC_URL")
-        .env("PORT", free_port().to_string())
-        .env("OFFLINE_TOKEN_DELAY_MS", "1")
-        .args([
-            "call",
-            "--say",
-            "hello",
-            "--say",
-            "who are you?",
-            "--say",
-            "/dtmf 7",
-            "--say",
-            "bye",
-        ])
-        .output()
-        .expect("run relaybot");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        output.status
+    let (_, stdout) = call(
+        &[],
+        &["hello", "who are you?", "/dtmf 7", "what's the weather"],
     );
     assert!(stdout.contains("started in-process"), "{stdout}");
     assert!(
@@ -55,5 +63,77 @@ fn call_command_talks_to_the_offline_agent_end_to_end() {
     );
     assert!(stdout.contains("rule-based stand-in"), "{stdout}");
     assert!(stdout.contains("agent: You pressed 7."), "{stdout}");
+    assert!(
+        stdout.contains("agent: You said: what's the weather."),
+        "{stdout}"
+    );
     assert!(stdout.contains("[caller hung up]"), "{stdout}");
+}
+
+/// The offline agent's handoff, with a Studio flow and credentials: the call is moved through the
+/// Calls API (the simulator stands in for Twilio) with a redirect to the flow.
+#[test]
+fn offline_handoff_redirects_the_call_to_studio() {
+    let flow = "https://webhooks.twilio.com/v1/Accounts/AC0123456789abcdef0123456789abcdef/Flows/FW0123456789abcdef0123456789abcdef";
+    let (_, stdout) = call(
+        &[
+            ("STUDIO_FLOW_URL", flow),
+            ("TWILIO_ACCOUNT_SID", "AC0123456789abcdef0123456789abcdef"),
+            ("TWILIO_AUTH_TOKEN", "test-token"),
+        ],
+        &["my order never arrived", "I want to talk to a person"],
+    );
+    assert!(
+        stdout.contains("agent: One moment while I connect you to an agent."),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[twilio] Calls API update for CA"),
+        "{stdout}"
+    );
+    let redirect = stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("[twilio] the call leaves Conversation Relay and is redirected to ")
+        })
+        .unwrap_or_else(|| panic!("no redirect in:\n{stdout}"));
+    let target = url::Url::parse(redirect).unwrap();
+    assert!(
+        redirect.starts_with(&format!("{flow}?FlowEvent=return&handoff=agent&")),
+        "{redirect}"
+    );
+    let summary = target
+        .query_pairs()
+        .find(|(k, _)| k == "summary")
+        .unwrap()
+        .1
+        .into_owned();
+    assert!(
+        summary.contains("my order never arrived"),
+        "the summary is built from the conversation: {summary}"
+    );
+}
+
+/// Without Studio, the handoff ends the session with handoffData and `/action` enqueues the
+/// caller in the Flex workflow; a goodbye ends the call with `<Hangup/>`.
+#[test]
+fn offline_handoff_without_studio_enqueues_and_goodbye_hangs_up() {
+    let (_, stdout) = call(
+        &[("TWILIO_WORKFLOW_SID", "WW0123456789abcdef0123456789abcdef")],
+        &["agent please"],
+    );
+    assert!(
+        stdout.contains("[end] handoffData: {\"reasonCode\":\"live-agent-handoff\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("<Enqueue workflowSid=\"WW0123456789abcdef0123456789abcdef\"><Task>{"),
+        "{stdout}"
+    );
+    let (_, stdout) = call(&[], &["thanks, bye"]);
+    assert!(
+        stdout.contains("agent: Thanks for calling. Goodbye."),
+        "{stdout}"
+    );
+    assert!(stdout.contains("<Hangup/>"), "{stdout}");
 }

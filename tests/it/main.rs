@@ -2,9 +2,11 @@
 //! the simulator's caller, with an in-process fake model. No network.
 
 mod fake_llm;
+mod fake_twilio;
 mod helpers;
 
 mod cli;
+mod handoff;
 mod session;
 mod turns;
 mod twiml;
