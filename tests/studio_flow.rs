@@ -33,21 +33,9 @@ const ATTRIBUTE_KEYS: [&str; 7] = [
     "conversations",
 ];
 
-/// Mirrors the server's `studio_safe` sanitiser, which cleans every value relaybot puts on the
-/// `?FlowEvent=return` redirect: `"` becomes `'`, `\` becomes `/`, and any control character
-/// (newlines included) becomes a space. Keep the two in step: the flow's attributes string quotes
-/// each Liquid value and relies on these rules to stay valid JSON.
-fn studio_safe(value: &str) -> String {
-    value
-        .chars()
-        .map(|c| match c {
-            '"' => '\'',
-            '\\' => '/',
-            c if c.is_control() => ' ',
-            c => c,
-        })
-        .collect()
-}
+// The server's sanitiser for every value it puts on the `?FlowEvent=return` redirect: the
+// flow's attributes string quotes each Liquid value and relies on it to stay valid JSON.
+use relaybot::handoff::studio_safe;
 
 fn flow() -> Value {
     serde_json::from_str(FLOW).expect("studio/flow.json is not valid JSON")
