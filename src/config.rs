@@ -905,6 +905,57 @@ mod tests {
         );
     }
 
+    /// Every setting the code reads is documented in `.env.example` and the README.
+    #[test]
+    fn every_setting_is_documented() {
+        let env_example = include_str!("../.env.example");
+        let readme = include_str!("../README.md");
+        let others = [
+            "HOST",
+            "PORT",
+            "PUBLIC_URL",
+            "RUST_LOG",
+            "OPENAI_API_KEY",
+            "OPENAI_BASE_URL",
+            "OPENAI_MODEL",
+            "LLM_PROVIDER",
+            "SYSTEM_PROMPT_FILE",
+            "LLM_FIRST_TOKEN_TIMEOUT_MS",
+            "LLM_STREAM_IDLE_TIMEOUT_MS",
+            "AGENT_MAX_TOOL_STEPS",
+            "LLM_ERROR_LINE",
+            "OFFLINE_TOKEN_DELAY_MS",
+            "TWILIO_ACCOUNT_SID",
+            "TWILIO_AUTH_TOKEN",
+            "TWILIO_API_KEY",
+            "TWILIO_API_SECRET",
+            "TWILIO_API_BASE",
+            "STUDIO_FLOW_URL",
+            "TWILIO_WORKFLOW_SID",
+            "HANDOFF_LINE",
+            "END_CALL_LINE",
+            "HANDOFF_UNAVAILABLE_LINE",
+            "HANDOFF_MAX_WAIT_MS",
+            "API_TOKEN",
+            "HANDOFF_RECORD_TTL_SECS",
+            "CR_LANGUAGES",
+            "CR_PARAMETERS",
+        ];
+        for var in others
+            .iter()
+            .chain(ATTRIBUTES.iter().map(|(_, var, _)| var))
+        {
+            assert!(
+                env_example.contains(&format!("# {var}=")),
+                "{var} missing from .env.example"
+            );
+            assert!(
+                readme.contains(&format!("`{var}`")),
+                "{var} missing from README.md"
+            );
+        }
+    }
+
     #[test]
     fn camel_case_matches_twilio_spelling() {
         assert_eq!(
