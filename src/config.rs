@@ -165,8 +165,82 @@ pub struct Config {
     pub twilio: TwilioConfig,
     /// Handoff to a human.
     pub handoff: HandoffConfig,
+    /// Who may talk to us.
+    pub security: SecurityConfig,
+    /// Limits, timers and what is said when they hit.
+    pub limits: LimitsConfig,
     /// `<ConversationRelay>` contents.
     pub relay: RelayConfig,
+}
+
+/// Request signatures and per-call tokens.
+#[derive(Debug, Clone)]
+pub struct SecurityConfig {
+    /// Verify `X-Twilio-Signature` on `/twiml`, `/action` and the WebSocket upgrade.
+    /// `TWILIO_VALIDATE_SIGNATURES`; default on when `TWILIO_AUTH_TOKEN` is set.
+    pub validate_signatures: bool,
+    /// `TWILIO_AUTH_TOKEN_SECONDARY`: also accepted while rotating tokens.
+    pub secondary_auth_token: Option<SecretString>,
+    /// `CALL_TOKEN_TTL_SECS` (default 120 s): how long the call token minted by `/twiml` is
+    /// valid for the WebSocket upgrade.
+    pub call_token_ttl: Duration,
+    /// `CALL_TOKEN_SECRET`: key for call tokens, shared by a fleet; unset, a random key per
+    /// process.
+    pub call_token_secret: Option<SecretString>,
+}
+
+/// Limits and timers.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// `MAX_FRAME_BYTES` (default 65536): larger WebSocket messages are logged and dropped.
+    pub max_frame_bytes: usize,
+    /// `MAX_PROMPT_CHARS` (default 2000): longer caller prompts are cut to this.
+    pub max_prompt_chars: usize,
+    /// `HISTORY_MAX_CHARS` (default 24000): conversation sent to the model; the system prompt is
+    /// always kept, the oldest turns are dropped first.
+    pub history_max_chars: usize,
+    /// `MAX_CALL_DURATION_SECS` (default 3600): then the caller hears `MAX_DURATION_LINE` and the
+    /// call ends (or goes to a human when one is configured).
+    pub max_call_duration: Duration,
+    /// `MAX_DURATION_LINE`.
+    pub max_duration_line: String,
+    /// `IDLE_REPROMPT_MS` (default 10000): caller silence after the agent's turn before
+    /// `IDLE_REPROMPT_LINE`; the same silence again ends the call with `IDLE_END_LINE`.
+    pub idle_reprompt: Duration,
+    /// `IDLE_REPROMPT_LINE`.
+    pub idle_reprompt_line: String,
+    /// `IDLE_END_LINE`.
+    pub idle_end_line: String,
+    /// `MAX_CONCURRENT_CALLS` (default 200): at the cap, `/twiml` answers with
+    /// `AT_CAPACITY_LINE` and a handoff (if configured) or a hang-up.
+    pub max_concurrent_calls: usize,
+    /// `AT_CAPACITY_LINE`.
+    pub at_capacity_line: String,
+    /// `AT_CAPACITY_ACTION`: `handoff` (default; falls back to hang-up without a human) or
+    /// `hangup`.
+    pub at_capacity_handoff: bool,
+    /// `DRAIN_TIMEOUT_SECS` (default 600): after a shutdown signal, how long live calls may go on
+    /// before they are handed to a human (or ended with `DRAIN_LINE`).
+    pub drain_timeout: Duration,
+    /// `DRAIN_LINE`: spoken to calls still live when the drain time is up.
+    pub drain_line: String,
+    /// `LLM_FILLER_AFTER_MS` (default 1500): with no first token by then, `LLM_FILLER_LINE` is
+    /// spoken while waiting on.
+    pub llm_filler_after: Duration,
+    /// `LLM_FILLER_LINE`.
+    pub llm_filler_line: String,
+    /// `LLM_FAILURES_BEFORE_HANDOFF` (default 2): consecutive failed turns after which the
+    /// caller is handed to a human (when one is configured; before that they are offered one).
+    pub llm_failures_before_handoff: u32,
+    /// `LLM_OFFER_HUMAN_LINE`: the apology when a human is configured.
+    pub llm_offer_human_line: String,
+    /// `RECONNECT_GRACE_SECS` (default 300): how long a dropped call's conversation is kept for
+    /// a reconnect.
+    pub reconnect_grace: Duration,
+    /// `MAX_RECONNECTS` (default 2) per call.
+    pub max_reconnects: u32,
+    /// `RECONNECT_LINE`: the greeting of a reconnected session.
+    pub reconnect_line: String,
 }
 
 /// The greeting when `WELCOME_GREETING` is unset.
@@ -184,6 +258,28 @@ pub const DEFAULT_END_CALL_LINE: &str = "Thanks for calling. Goodbye.";
 /// Spoken when no human can be reached and `HANDOFF_UNAVAILABLE_LINE` is unset.
 pub const DEFAULT_UNAVAILABLE_LINE: &str =
     "I'm sorry, no one is available to take your call right now. Please call back later. Goodbye.";
+
+/// Defaults of the spoken lines in [`LimitsConfig`].
+pub mod lines {
+    /// `MAX_DURATION_LINE`.
+    pub const MAX_DURATION: &str =
+        "We've reached the time limit for this call. Thank you for calling. Goodbye.";
+    /// `IDLE_REPROMPT_LINE`.
+    pub const IDLE_REPROMPT: &str = "Are you still there?";
+    /// `IDLE_END_LINE`.
+    pub const IDLE_END: &str = "I'll let you go now. Feel free to call back any time. Goodbye.";
+    /// `AT_CAPACITY_LINE`.
+    pub const AT_CAPACITY: &str = "Sorry, all of our lines are busy right now.";
+    /// `DRAIN_LINE`.
+    pub const DRAIN: &str =
+        "I'm sorry, I have to end our call now. Please call back in a few minutes.";
+    /// `LLM_FILLER_LINE`.
+    pub const LLM_FILLER: &str = "One moment.";
+    /// `LLM_OFFER_HUMAN_LINE`.
+    pub const LLM_OFFER_HUMAN: &str = "Sorry, I'm having trouble right now. I can connect you to a person if you'd like, or you can try again.";
+    /// `RECONNECT_LINE`.
+    pub const RECONNECT: &str = "Sorry, we got cut off. I'm back now. Where were we?";
+}
 
 /// How a known `<ConversationRelay>` attribute is checked.
 #[derive(Clone, Copy)]
@@ -639,6 +735,122 @@ impl Config {
             )?),
         };
 
+        // Signatures: on with a token unless explicitly off; refused without a token on a
+        // public bind unless explicitly off.
+        let validate = match vars.get("TWILIO_VALIDATE_SIGNATURES") {
+            None => None,
+            Some(v) => Some(check("TWILIO_VALIDATE_SIGNATURES", v, Check::Bool)? == "true"),
+        };
+        let validate_signatures = match (validate, twilio.auth_token.is_some()) {
+            (Some(true), false) => {
+                return Err(invalid(
+                    "TWILIO_AUTH_TOKEN",
+                    "TWILIO_VALIDATE_SIGNATURES=true needs the auth token that signs Twilio's requests",
+                ))
+            }
+            (Some(v), _) => v,
+            (None, true) => true,
+            (None, false) if host.is_loopback() => false,
+            (None, false) => {
+                return Err(invalid(
+                    "TWILIO_AUTH_TOKEN",
+                    format!(
+                        "HOST={host} accepts calls from other machines, so Twilio's request signatures must be checked: set TWILIO_AUTH_TOKEN, or TWILIO_VALIDATE_SIGNATURES=false to run without (not for production)"
+                    ),
+                ))
+            }
+        };
+        if validate_signatures && public_url.is_none() && !host.is_loopback() {
+            return Err(invalid(
+                "PUBLIC_URL",
+                "signatures are computed over the public URL Twilio calls; set PUBLIC_URL (for example https://abc.ngrok.app) when HOST is not a loopback address",
+            ));
+        }
+        let call_token_ttl =
+            vars.parse("CALL_TOKEN_TTL_SECS", 120u64, "a whole number of seconds")?;
+        if call_token_ttl == 0 {
+            return Err(invalid("CALL_TOKEN_TTL_SECS", "must be at least 1 second"));
+        }
+        let call_token_secret = vars
+            .get("CALL_TOKEN_SECRET")
+            .map(|s| SecretString::from(s.to_owned()));
+        if vars.get("CALL_TOKEN_SECRET").is_some_and(|s| s.len() < 16) {
+            return Err(invalid(
+                "CALL_TOKEN_SECRET",
+                "must be at least 16 characters",
+            ));
+        }
+        let security = SecurityConfig {
+            validate_signatures,
+            secondary_auth_token: vars
+                .get("TWILIO_AUTH_TOKEN_SECONDARY")
+                .map(|t| SecretString::from(t.trim().to_owned())),
+            call_token_ttl: Duration::from_secs(call_token_ttl),
+            call_token_secret,
+        };
+
+        let positive = |var: &str, default: u64, what: &str| -> Result<u64, ConfigError> {
+            let n = vars.parse(var, default, what)?;
+            if n == 0 {
+                return Err(invalid(var, "must be greater than 0"));
+            }
+            Ok(n)
+        };
+        let at_capacity_handoff = match vars
+            .get("AT_CAPACITY_ACTION")
+            .map(|v| v.trim().to_ascii_lowercase())
+        {
+            None => true,
+            Some(v) if v == "handoff" => true,
+            Some(v) if v == "hangup" => false,
+            Some(v) => {
+                return Err(invalid(
+                    "AT_CAPACITY_ACTION",
+                    format!("{v:?} is not handoff or hangup"),
+                ))
+            }
+        };
+        let limits = LimitsConfig {
+            max_frame_bytes: positive("MAX_FRAME_BYTES", 65_536, "a number of bytes")? as usize,
+            max_prompt_chars: positive("MAX_PROMPT_CHARS", 2000, "a number of characters")?
+                as usize,
+            history_max_chars: positive("HISTORY_MAX_CHARS", 24_000, "a number of characters")?
+                as usize,
+            max_call_duration: Duration::from_secs(positive(
+                "MAX_CALL_DURATION_SECS",
+                3600,
+                "a whole number of seconds",
+            )?),
+            max_duration_line: line("MAX_DURATION_LINE", lines::MAX_DURATION),
+            idle_reprompt: vars.millis("IDLE_REPROMPT_MS", 10_000)?,
+            idle_reprompt_line: line("IDLE_REPROMPT_LINE", lines::IDLE_REPROMPT),
+            idle_end_line: line("IDLE_END_LINE", lines::IDLE_END),
+            max_concurrent_calls: positive("MAX_CONCURRENT_CALLS", 200, "a whole number")? as usize,
+            at_capacity_line: line("AT_CAPACITY_LINE", lines::AT_CAPACITY),
+            at_capacity_handoff,
+            drain_timeout: Duration::from_secs(vars.parse(
+                "DRAIN_TIMEOUT_SECS",
+                600u64,
+                "a whole number of seconds",
+            )?),
+            drain_line: line("DRAIN_LINE", lines::DRAIN),
+            llm_filler_after: vars.millis("LLM_FILLER_AFTER_MS", 1500)?,
+            llm_filler_line: line("LLM_FILLER_LINE", lines::LLM_FILLER),
+            llm_failures_before_handoff: positive(
+                "LLM_FAILURES_BEFORE_HANDOFF",
+                2,
+                "a whole number",
+            )? as u32,
+            llm_offer_human_line: line("LLM_OFFER_HUMAN_LINE", lines::LLM_OFFER_HUMAN),
+            reconnect_grace: Duration::from_secs(vars.parse(
+                "RECONNECT_GRACE_SECS",
+                300u64,
+                "a whole number of seconds",
+            )?),
+            max_reconnects: vars.parse("MAX_RECONNECTS", 2u32, "a whole number")?,
+            reconnect_line: line("RECONNECT_LINE", lines::RECONNECT),
+        };
+
         let relay = relay_config(&vars, welcome_greeting.as_deref())?;
         Ok(Config {
             host,
@@ -654,6 +866,8 @@ impl Config {
                 .to_owned(),
             twilio,
             handoff,
+            security,
+            limits,
             relay,
         })
     }
@@ -880,6 +1094,53 @@ mod tests {
         assert_eq!(c.relay.languages[0].code, "es-ES");
         assert_eq!(c.relay.parameters, vec![("tenantId".into(), "t_1".into())]);
         assert_eq!(c.welcome_greeting, None);
+    }
+
+    #[test]
+    fn signatures_follow_the_token_and_the_bind() {
+        assert!(
+            !config(&[]).unwrap().security.validate_signatures,
+            "local dev: off"
+        );
+        assert!(
+            config(&[("TWILIO_AUTH_TOKEN", "t")])
+                .unwrap()
+                .security
+                .validate_signatures
+        );
+        let public = config(&[("HOST", "0.0.0.0")]).unwrap_err();
+        assert_eq!(public.var, "TWILIO_AUTH_TOKEN");
+        assert!(public.problem.contains("TWILIO_VALIDATE_SIGNATURES=false"));
+        assert!(
+            !config(&[("HOST", "0.0.0.0"), ("TWILIO_VALIDATE_SIGNATURES", "false")])
+                .unwrap()
+                .security
+                .validate_signatures
+        );
+        assert_eq!(
+            config(&[("HOST", "0.0.0.0"), ("TWILIO_AUTH_TOKEN", "t")])
+                .unwrap_err()
+                .var,
+            "PUBLIC_URL"
+        );
+        assert_eq!(
+            config(&[("TWILIO_VALIDATE_SIGNATURES", "true")])
+                .unwrap_err()
+                .var,
+            "TWILIO_AUTH_TOKEN"
+        );
+        assert_eq!(
+            config(&[("CALL_TOKEN_SECRET", "short")]).unwrap_err().var,
+            "CALL_TOKEN_SECRET"
+        );
+        assert_eq!(
+            config(&[("MAX_FRAME_BYTES", "0")]).unwrap_err().var,
+            "MAX_FRAME_BYTES"
+        );
+        assert_eq!(
+            config(&[("AT_CAPACITY_ACTION", "panic")]).unwrap_err().var,
+            "AT_CAPACITY_ACTION"
+        );
     }
 
     #[test]

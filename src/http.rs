@@ -8,22 +8,31 @@
 //! | `GET /calls/{callSid}/handoff` | The handoff record for the human agent (bearer `API_TOKEN`) |
 //! | `GET /healthz` | Liveness: `ok` |
 //!
-//! [`app`] builds the router from an [`AppState`]; [`serve`] runs it on a pre-bound listener until
-//! a shutdown future resolves, then waits for live calls (axum does not wait for upgraded
-//! WebSockets itself).
+//! [`app`] builds the router from an [`AppState`]; [`serve`] runs it on a pre-bound listener. When
+//! the shutdown future resolves it drains: new calls are turned away politely (`/twiml` answers
+//! with a line and a handoff or hang-up, `/healthz` says `draining`), live calls may finish for
+//! `DRAIN_TIMEOUT_SECS`, then those left are handed to a human or ended with a line, and only then
+//! does the HTTP server stop (axum does not wait for upgraded WebSockets itself).
+//!
+//! `X-Twilio-Signature` is checked on `/twiml`, `/action` and the upgrade before anything else
+//! runs ([`crate::security`]); the upgrade also needs the call token `/twiml` minted.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::{Future, IntoFuture},
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use axum::{
-    extract::{ws::WebSocketUpgrade, Path, RawForm, State},
-    http::{header, HeaderMap, StatusCode},
+    extract::{ws::WebSocketUpgrade, Path, Query, RawForm, State},
+    http::{header, HeaderMap, Method, StatusCode, Uri},
     response::{IntoResponse, Response},
     routing::{any, get},
     Json, Router,
 };
 use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower_http::trace::TraceLayer;
 
@@ -31,9 +40,14 @@ use crate::{
     agent::{mask_number, Agent},
     config::Config,
     handoff::{self, HandoffData, HandoffPath, HandoffStore, Route},
-    relay::session::{self, HandoffDeps, SessionDeps},
+    relay::{
+        resume::ResumeStore,
+        session::{self, HandoffDeps, SessionDeps, SessionLimits},
+    },
+    security::{CallTokens, Verifier},
     twilio::{
         rest::CallsClient,
+        signature,
         twiml::{self, ConnectRelay},
         webhooks::{parse_form, ActionCallback, SessionStatus, VoiceWebhook},
     },
@@ -50,8 +64,23 @@ pub struct AppState {
     pub handoff: Arc<HandoffDeps>,
     /// Tracks call sessions and their turn tasks, so shutdown can wait for them.
     pub tracker: TaskTracker,
-    /// Cancelled when calls must stop.
+    /// Cancelled when calls must stop at once (after the drain).
     pub calls_cancel: CancellationToken,
+    /// Cancelled when a shutdown starts: no new calls.
+    pub draining: CancellationToken,
+    /// Cancelled when the drain time is up: live calls are handed off or ended.
+    pub wrap_up: CancellationToken,
+    /// One permit per live call (`MAX_CONCURRENT_CALLS`).
+    pub call_slots: Arc<Semaphore>,
+    /// Checks `X-Twilio-Signature`.
+    pub verifier: Arc<Verifier>,
+    /// Mints and redeems call tokens.
+    pub call_tokens: Arc<CallTokens>,
+    /// Dropped calls' conversations, for reconnects.
+    pub resume: ResumeStore,
+    /// `http://ip:port` we listen on, used as the signed URL's base when `PUBLIC_URL` is unset
+    /// (loopback binds only).
+    pub local_base: Arc<OnceLock<String>>,
 }
 
 /// How long one Calls API request may take before it is retried.
@@ -88,13 +117,45 @@ impl AppState {
             end_call_line: config.handoff.end_call_line.clone(),
             max_wait: config.handoff.max_wait,
         };
+        let mut tokens = Vec::new();
+        if config.security.validate_signatures {
+            tokens.extend(config.twilio.auth_token.clone());
+            tokens.extend(config.security.secondary_auth_token.clone());
+        }
         Ok(AppState {
+            verifier: Arc::new(Verifier::new(tokens)),
+            call_tokens: Arc::new(CallTokens::new(
+                config.security.call_token_secret.clone(),
+                config.security.call_token_ttl,
+            )),
+            call_slots: Arc::new(Semaphore::new(config.limits.max_concurrent_calls)),
+            resume: ResumeStore::new(config.limits.reconnect_grace),
             config: Arc::new(config),
             agent: Arc::new(agent),
             handoff: Arc::new(handoff),
             tracker: TaskTracker::new(),
             calls_cancel: CancellationToken::new(),
+            draining: CancellationToken::new(),
+            wrap_up: CancellationToken::new(),
+            local_base: Arc::new(OnceLock::new()),
         })
+    }
+
+    /// Whether a human can take calls (a Flex workflow or a Studio flow is configured).
+    pub fn human_available(&self) -> bool {
+        self.config.handoff.workflow_sid.is_some() || self.config.handoff.studio_flow_url.is_some()
+    }
+
+    /// The base of the URLs Twilio signs: `PUBLIC_URL`, else the address we listen on.
+    pub fn signing_base(&self) -> String {
+        match &self.config.public_url {
+            Some(url) => url.as_str().trim_end_matches('/').to_owned(),
+            None => self
+                .local_base
+                .get()
+                .cloned()
+                .unwrap_or_else(|| format!("http://{}:{}", self.config.host, self.config.port)),
+        }
     }
 
     /// A one-line description of where handoffs go, for the startup log.
@@ -124,13 +185,44 @@ pub fn app(state: AppState) -> Router {
         .route("/action", any(connect_action))
         .route("/ws", get(relay_socket))
         .route("/calls/{call_sid}/handoff", get(handoff_record))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(health))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
-/// Serves `app(state)` on `listener` until `shutdown` resolves, then gives live calls up to
-/// `drain` to finish before cancelling them.
+/// `GET /healthz`: `ok`, or 503 `draining` once a shutdown has started.
+async fn health(State(state): State<AppState>) -> Response {
+    if state.draining.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else {
+        "ok".into_response()
+    }
+}
+
+/// Refuses (403) a request whose `X-Twilio-Signature` does not match, before anything runs.
+fn verify_webhook(
+    state: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    form: &[(String, String)],
+) -> Result<(), Response> {
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let url = format!("{}{path}", state.signing_base());
+    // GET signs the URL (its query included) alone; POST adds the form body's parameters.
+    let params: &[(String, String)] = if *method == Method::GET { &[] } else { form };
+    let header = headers.get(signature::HEADER).and_then(|v| v.to_str().ok());
+    state
+        .verifier
+        .check_webhook(&url, params, header)
+        .map_err(|e| {
+            tracing::warn!(error = %e, %url, "refusing a request that is not signed by Twilio");
+            (StatusCode::FORBIDDEN, "invalid Twilio signature").into_response()
+        })
+}
+
+/// Serves `app(state)` on `listener` until `shutdown` resolves, then drains (see the module
+/// docs) and returns.
 ///
 /// # Errors
 /// The listener's I/O error.
@@ -138,23 +230,64 @@ pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    drain: Duration,
 ) -> std::io::Result<()> {
-    let tracker = state.tracker.clone();
-    let calls_cancel = state.calls_cancel.clone();
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    if let Ok(addr) = listener.local_addr() {
+        let _ = state.local_base.set(format!("http://{addr}"));
+    }
+    let stop_http = CancellationToken::new();
+    let server = tokio::spawn(
+        axum::serve(listener, app(state.clone()))
+            .with_graceful_shutdown(stop_http.clone().cancelled_owned())
+            .into_future(),
+    );
+    tokio::select! {
+        () = shutdown => drain(&state).await,
+        // The server only stops by itself on an I/O error.
+        result = server => return result.map_err(std::io::Error::other)?,
+    }
+    stop_http.cancel();
+    Ok(())
+}
+
+/// How long `/action` callbacks are still answered after the last call left.
+const ACTION_GRACE: Duration = Duration::from_secs(2);
+
+/// Turns new calls away, lets live ones finish, then hands off or ends the rest.
+async fn drain(state: &AppState) {
+    state.draining.cancel();
+    let limits = &state.config.limits;
+    let tracker = &state.tracker;
+    let live = tracker.len();
+    tracing::info!(
+        live,
+        timeout_secs = limits.drain_timeout.as_secs(),
+        "draining: new calls are turned away; live calls may finish"
+    );
     tracker.close();
-    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(limits.drain_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             live = tracker.len(),
-            "calls still live after the drain time; ending them"
+            "drain time is up; handing off or ending the calls still live"
         );
-        calls_cancel.cancel();
-        tracker.wait().await;
+        state.wrap_up.cancel();
+        let leave = state.config.handoff.max_wait + Duration::from_secs(10);
+        if tokio::time::timeout(leave, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                live = tracker.len(),
+                "ending calls that did not leave in time"
+            );
+            state.calls_cancel.cancel();
+            tracker.wait().await;
+        }
     }
-    Ok(())
+    if live > 0 {
+        // Twilio requests the action URL right after a session ends (handoffs!).
+        tokio::time::sleep(ACTION_GRACE).await;
+    }
+    tracing::info!("drained; stopping");
 }
 
 fn xml(body: String) -> Response {
@@ -204,6 +337,8 @@ fn websocket_base(base: &str) -> String {
 /// `POST /twiml`: answers an incoming call with `<Connect><ConversationRelay>`.
 async fn voice_webhook(
     State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     RawForm(form): RawForm,
 ) -> Response {
@@ -214,7 +349,54 @@ async fn voice_webhook(
             return (StatusCode::BAD_REQUEST, e).into_response();
         }
     };
-    let base = public_base(&state.config, &headers);
+    if let Err(refused) = verify_webhook(&state, &method, &uri, &headers, &hook.params) {
+        return refused;
+    }
+    let call_sid = hook.call_sid.clone().unwrap_or_default();
+    if state.draining.is_cancelled() || state.call_slots.available_permits() == 0 {
+        let why = if state.draining.is_cancelled() {
+            "shutting down"
+        } else {
+            "at MAX_CONCURRENT_CALLS"
+        };
+        tracing::warn!(call_sid = %call_sid, why, "turning a new call away politely");
+        return xml(turn_away(
+            &state,
+            &call_sid,
+            hook.from.as_deref().unwrap_or_default(),
+        ));
+    }
+    xml(relay_twiml(&state, &headers, &hook, None))
+}
+
+/// TwiML for a caller we cannot take: the at-capacity line, then a human if configured (and
+/// `AT_CAPACITY_ACTION=handoff`), else goodbye.
+fn turn_away(state: &AppState, call_sid: &str, from: &str) -> String {
+    let limits = &state.config.limits;
+    if limits.at_capacity_handoff && state.human_available() {
+        let data = HandoffData {
+            reason_code: handoff::REASON_HANDOFF.into(),
+            reason: "All voice agent lines were busy.".into(),
+            summary: String::new(),
+            call_sid: call_sid.to_owned(),
+            from: from.to_owned(),
+            transcript: Vec::new(),
+        };
+        twiml::say_then(&limits.at_capacity_line, &to_human(state, &data))
+    } else {
+        twiml::say_and_hang_up(Some(&limits.at_capacity_line))
+    }
+}
+
+/// `<Connect action><ConversationRelay url="…/ws?token=…">` for a call; `greeting` replaces the
+/// welcome greeting (a reconnect).
+fn relay_twiml(
+    state: &AppState,
+    headers: &HeaderMap,
+    hook: &VoiceWebhook,
+    greeting: Option<&str>,
+) -> String {
+    let base = public_base(&state.config, headers);
     let relay = &state.config.relay;
     let mut parameters: Vec<(String, String)> = [
         ("From", &hook.from),
@@ -225,10 +407,19 @@ async fn voice_webhook(
     .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_owned(), v.clone())))
     .collect();
     parameters.extend(relay.parameters.iter().cloned());
+    let mut attributes = relay.attributes.clone();
+    if let Some(greeting) = greeting {
+        attributes.retain(|(k, _)| k != "welcomeGreeting");
+        attributes.insert(0, ("welcomeGreeting".to_owned(), greeting.to_owned()));
+        parameters.push((session::RECONNECT_PARAMETER.to_owned(), "1".to_owned()));
+    }
+    let token = state
+        .call_tokens
+        .mint(hook.call_sid.as_deref().unwrap_or_default());
     let body = ConnectRelay {
         action: &format!("{base}/action"),
-        url: &format!("{}/ws", websocket_base(&base)),
-        attributes: &relay.attributes,
+        url: &format!("{}/ws?token={token}", websocket_base(&base)),
+        attributes: &attributes,
         languages: &relay.languages,
         parameters: &parameters,
     }
@@ -236,9 +427,10 @@ async fn voice_webhook(
     tracing::info!(
         call_sid = hook.call_sid.as_deref().unwrap_or("-"),
         from = %hook.from.as_deref().map(mask_number).unwrap_or_default(),
-        "incoming call: connecting it to Conversation Relay"
+        reconnect = greeting.is_some(),
+        "connecting the call to Conversation Relay"
     );
-    xml(body)
+    body
 }
 
 /// `POST /action`: the session ended; tell Twilio what the call does next.
@@ -249,7 +441,13 @@ async fn voice_webhook(
 ///   `<Redirect>` to Studio (`STUDIO_FLOW_URL`), else an apology and `<Hangup/>`.
 /// - `ended` from `end_call` (or with no data) → `<Hangup/>`.
 /// - `failed` with the call still up → a human if configured, else an apology and `<Hangup/>`.
-async fn connect_action(State(state): State<AppState>, RawForm(form): RawForm) -> Response {
+async fn connect_action(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    RawForm(form): RawForm,
+) -> Response {
     let callback = match parse_form(&form) {
         Ok(params) => ActionCallback::from_params(params),
         Err(e) => {
@@ -257,6 +455,9 @@ async fn connect_action(State(state): State<AppState>, RawForm(form): RawForm) -
             return (StatusCode::BAD_REQUEST, e).into_response();
         }
     };
+    if let Err(refused) = verify_webhook(&state, &method, &uri, &headers, &callback.params) {
+        return refused;
+    }
     let call_sid = callback.call_sid.clone().unwrap_or_default();
     tracing::info!(
         call_sid = %call_sid,
@@ -275,6 +476,9 @@ async fn connect_action(State(state): State<AppState>, RawForm(form): RawForm) -
         .call_status
         .as_deref()
         .is_some_and(|s| s.eq_ignore_ascii_case("completed"));
+    if call_over || callback.session_status == SessionStatus::Completed {
+        state.resume.forget(&call_sid);
+    }
     let body = match &callback.session_status {
         SessionStatus::Completed => twiml::empty_response(),
         _ if call_over => twiml::empty_response(),
@@ -293,7 +497,22 @@ async fn connect_action(State(state): State<AppState>, RawForm(form): RawForm) -
                 _ => twiml::say_and_hang_up(None),
             }
         }
+        SessionStatus::Failed
+            if state.resume.count_reconnect(&call_sid) <= state.config.limits.max_reconnects
+                && !state.draining.is_cancelled() =>
+        {
+            // The socket died mid-call: reconnect, and the session resumes the conversation.
+            tracing::warn!(call_sid = %call_sid, "session failed mid-call; reconnecting the caller");
+            let hook = VoiceWebhook::from_params(callback.params.clone());
+            relay_twiml(
+                &state,
+                &headers,
+                &hook,
+                Some(&state.config.limits.reconnect_line),
+            )
+        }
         SessionStatus::Failed => {
+            tracing::warn!(call_sid = %call_sid, "session failed and will not be reconnected again");
             let data = HandoffData {
                 reason_code: handoff::REASON_HANDOFF.into(),
                 reason: "The voice agent lost the call's connection.".into(),
@@ -367,17 +586,68 @@ async fn handoff_record(
 }
 
 /// `GET /ws`: upgrades to the Conversation Relay WebSocket and runs the call.
-async fn relay_socket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+/// The query of the WebSocket URL.
+#[derive(Debug, serde::Deserialize)]
+struct SocketQuery {
+    token: Option<String>,
+}
+
+/// `GET /ws`: checks the signature and the call token, takes a call slot, then upgrades to the
+/// Conversation Relay WebSocket and runs the call. Every refusal happens before the upgrade.
+async fn relay_socket(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(query): Query<SocketQuery>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let url = format!("{}{path}", websocket_base(&state.signing_base()));
+    let header = headers.get(signature::HEADER).and_then(|v| v.to_str().ok());
+    match state.verifier.check_websocket(&url, header) {
+        Ok(Some(variant)) => tracing::debug!(?variant, "websocket signature verified"),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, %url, "refusing a websocket upgrade that is not signed by Twilio");
+            return (StatusCode::FORBIDDEN, "invalid Twilio signature").into_response();
+        }
+    }
+    let call_sid = match state.call_tokens.redeem(query.token.as_deref()) {
+        Ok(call_sid) => call_sid,
+        Err(e) => {
+            tracing::warn!(error = %e, "refusing a websocket upgrade without a valid call token");
+            return (StatusCode::FORBIDDEN, "invalid call token").into_response();
+        }
+    };
+    let Ok(slot) = state.call_slots.clone().try_acquire_owned() else {
+        tracing::warn!("refusing a websocket upgrade at MAX_CONCURRENT_CALLS");
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many calls").into_response();
+    };
+    let limits = &state.config.limits;
     let deps = SessionDeps {
         agent: state.agent.clone(),
         welcome_greeting: state.config.welcome_greeting.clone(),
         error_line: state.config.error_line.clone(),
         handoff: state.handoff.clone(),
+        limits: Arc::new(SessionLimits::from_config(limits, state.human_available())),
+        resume: state.resume.clone(),
+        wrap_up: state.wrap_up.clone(),
         tracker: state.tracker.clone(),
     };
     let cancel = state.calls_cancel.child_token();
     let tracker = state.tracker.clone();
-    upgrade.on_upgrade(move |socket| tracker.track_future(session::run(socket, deps, cancel)))
+    // A hard cap well above MAX_FRAME_BYTES bounds memory; frames between the two are read,
+    // logged and dropped by the session without ending the call.
+    let hard_cap = (limits.max_frame_bytes * 16).max(1 << 20);
+    upgrade
+        .max_message_size(hard_cap)
+        .max_frame_size(hard_cap)
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                session::run(socket, deps, cancel, Some(call_sid)).await;
+                drop(slot);
+            })
+        })
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@
 //! - [`relay`]: the Conversation Relay protocol and the per-call session.
 //! - [`agent`]: the chat model (OpenAI-compatible or offline), tools, and the turn loop.
 //! - [`handoff`]: moving the call to a human in Flex (Calls API → Studio, or `end` → `/action`).
-//! - [`twilio`]: TwiML, webhook forms, request signatures.
+//! - [`twilio`]: TwiML, webhook forms, request signatures, the Calls API.
+//! - [`security`]: signature checks and per-call tokens.
 //! - [`simulator`]: `relaybot call`, a caller that plays Twilio's part.
 //!
 //! [`start`] wires them together on a pre-bound listener, which is how `main` and the tests run
@@ -20,10 +21,11 @@ pub mod config;
 pub mod handoff;
 pub mod http;
 pub mod relay;
+pub mod security;
 pub mod simulator;
 pub mod twilio;
 
-use std::{net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -33,9 +35,6 @@ use crate::{
     config::Config,
     http::AppState,
 };
-
-/// How long live calls may run on after a shutdown signal before they are ended.
-pub const DEFAULT_DRAIN: Duration = Duration::from_secs(600);
 
 /// Builds the shared state for `config`: the call-control tools (`agent_handoff`, `end_call`,
 /// and `switch_language` when `<Language>`s are configured), then `extra_tools`.
@@ -72,6 +71,8 @@ pub fn build_state(config: Config, extra_tools: ToolRegistry) -> Result<AppState
 pub struct RunningServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// The shared state (its tracker shows which call tasks are still running).
+    pub state: AppState,
     /// Cancel to stop accepting and drain.
     pub shutdown: CancellationToken,
     /// Ends when the server has stopped.
@@ -86,14 +87,12 @@ pub fn start(listener: TcpListener, state: AppState) -> std::io::Result<RunningS
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
-    let handle = tokio::spawn(http::serve(
-        listener,
-        state,
-        async move { stop.cancelled().await },
-        DEFAULT_DRAIN,
-    ));
+    let handle = tokio::spawn(http::serve(listener, state.clone(), async move {
+        stop.cancelled().await
+    }));
     Ok(RunningServer {
         addr,
+        state,
         shutdown,
         handle,
     })

@@ -144,7 +144,14 @@ async fn serve(config: Config) -> Result<(), String> {
     tracing::info!("talk to it from another terminal: cargo run --release -- call");
     let state = relaybot::build_state(config, ToolRegistry::new())?;
     tracing::info!("{}", state.describe_handoff());
-    relaybot::http::serve(listener, state, shutdown_signal(), relaybot::DEFAULT_DRAIN)
+    if !state.verifier.enabled() {
+        tracing::warn!("Twilio request signatures are NOT checked (no TWILIO_AUTH_TOKEN, or TWILIO_VALIDATE_SIGNATURES=false): fine for local work, never for production");
+    } else if state.config.public_url.is_none() {
+        tracing::warn!(
+            "signatures are checked against http://{local} because PUBLIC_URL is unset: set PUBLIC_URL to the URL Twilio calls (your ngrok URL) or Twilio's requests will be refused"
+        );
+    }
+    relaybot::http::serve(listener, state, shutdown_signal())
         .await
         .map_err(|e| format!("server failed: {e}"))
 }

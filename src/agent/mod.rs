@@ -226,6 +226,8 @@ pub struct Agent {
     pub idle_timeout: Duration,
     /// Model calls per turn.
     pub max_tool_steps: usize,
+    /// With no first token after this long, this line is spoken while waiting on (once a turn).
+    pub filler: Option<(Duration, String)>,
 }
 
 impl Agent {
@@ -256,6 +258,11 @@ impl Agent {
             first_token_timeout: config.llm.first_token_timeout,
             idle_timeout: config.llm.idle_timeout,
             max_tool_steps: config.llm.max_tool_steps,
+            filler: Some((
+                config.limits.llm_filler_after,
+                config.limits.llm_filler_line.clone(),
+            ))
+            .filter(|(_, line)| !line.is_empty()),
         })
     }
 }

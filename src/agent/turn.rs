@@ -73,8 +73,9 @@ pub async fn run_turn(
         async move { events.send((id, event)).await.is_ok() }
     };
     let specs = agent.tools.specs();
+    let mut filler_spoken = false;
     for _step in 0..agent.max_tool_steps {
-        let step = match stream_step(&agent, &messages, &specs, &send).await {
+        let step = match stream_step(&agent, &messages, &specs, &send, &mut filler_spoken).await {
             Ok(step) => step,
             Err(StepError::SessionGone) => return,
             Err(StepError::Llm(e)) => {
@@ -143,6 +144,14 @@ pub async fn run_turn(
     .await;
 }
 
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 enum StepError {
     Llm(LlmError),
     /// The session stopped listening: nobody to speak to.
@@ -166,30 +175,60 @@ async fn stream_step<F, Fut>(
     messages: &[Message],
     specs: &[super::ToolSpec],
     send: &F,
+    filler_spoken: &mut bool,
 ) -> Result<Step, StepError>
 where
     F: Fn(TurnEvent) -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + agent.first_token_timeout;
+    let started = Instant::now();
+    let deadline = started + agent.first_token_timeout;
+    // Until the first chunk, a slow model gets a short filler line (once a turn), so the caller
+    // knows we are there; the wait goes on up to the deadline.
+    let filler = agent
+        .filler
+        .as_ref()
+        .filter(|_| !*filler_spoken)
+        .map(|(after, line)| (started + *after, line.as_str()));
+    let mut filler_at = filler.map(|(at, _)| at);
+    macro_rules! with_filler {
+        ($fut:expr) => {{
+            let fut = $fut;
+            tokio::pin!(fut);
+            loop {
+                tokio::select! {
+                    out = &mut fut => break out,
+                    () = sleep_until_opt(filler_at) => {
+                        filler_at = None;
+                        *filler_spoken = true;
+                        let line = filler.map(|(_, l)| l).unwrap_or_default().to_owned();
+                        if !send(TurnEvent::Filler(line)).await {
+                            return Err(StepError::SessionGone);
+                        }
+                    }
+                }
+            }
+        }};
+    }
     let request = ChatRequest {
         messages: messages.to_vec(),
         tools: specs.to_vec(),
     };
-    let first_try = tokio::time::timeout_at(deadline, agent.model.stream(request.clone()))
-        .await
-        .map_err(|_| LlmError::Timeout("first token"))?;
+    let first_try = with_filler!(tokio::time::timeout_at(
+        deadline,
+        agent.model.stream(request.clone())
+    ))
+    .map_err(|_| LlmError::Timeout("first token"))?;
     let mut stream = match first_try {
         Ok(stream) => stream,
         // Nothing has been said yet, so one quick retry costs the caller little.
         Err(e) if e.is_retryable() => {
             let pause = Duration::from_millis(rand::random_range(150..=350));
             tracing::info!(error = %e, pause_ms = pause.as_millis() as u64, "retrying the model once");
-            tokio::time::timeout_at(deadline, async {
+            with_filler!(tokio::time::timeout_at(deadline, async {
                 tokio::time::sleep(pause).await;
                 agent.model.stream(request).await
-            })
-            .await
+            }))
             .map_err(|_| LlmError::Timeout("first token"))??
         }
         Err(e) => return Err(e.into()),
@@ -200,7 +239,7 @@ where
     let mut first = true;
     loop {
         let next = if first {
-            tokio::time::timeout_at(deadline, stream.next()).await
+            with_filler!(tokio::time::timeout_at(deadline, stream.next()))
         } else {
             tokio::time::timeout(agent.idle_timeout, stream.next()).await
         };
@@ -334,6 +373,7 @@ mod tests {
             first_token_timeout: Duration::from_millis(8000),
             idle_timeout: Duration::from_millis(5000),
             max_tool_steps: 3,
+            filler: None,
         })
     }
 
@@ -366,6 +406,33 @@ mod tests {
             vec![TurnEvent::Failed(LlmError::Timeout("first token"))]
         );
         assert_eq!(started.elapsed(), Duration::from_millis(8000));
+    }
+
+    /// A slow first token gets the filler line once, at its time; the wait goes on to the limit.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_model_gets_one_filler_line() {
+        let mut agent = Arc::try_unwrap(agent(vec![Ok(vec![])], true)).ok().unwrap();
+        agent.filler = Some((Duration::from_millis(1500), "One moment.".into()));
+        let (tx, mut rx) = mpsc::channel(16);
+        let input = TurnInput {
+            id: 1,
+            call: Arc::new(CallContext::default()),
+            messages: vec![],
+            control: None,
+        };
+        let started = Instant::now();
+        let turn = tokio::spawn(run_turn(Arc::new(agent), input, tx));
+        assert_eq!(
+            rx.recv().await.unwrap().1,
+            TurnEvent::Filler("One moment.".into())
+        );
+        assert_eq!(started.elapsed(), Duration::from_millis(1500));
+        assert_eq!(
+            rx.recv().await.unwrap().1,
+            TurnEvent::Failed(LlmError::Timeout("first token"))
+        );
+        assert_eq!(started.elapsed(), Duration::from_millis(8000));
+        turn.await.unwrap();
     }
 
     /// A gap longer than the idle timeout after some text fails the turn; the text was sent.

@@ -37,12 +37,69 @@ use crate::{
         turn::{run_turn, TurnEvent, TurnId, TurnInput},
         Agent, CallContext, Message,
     },
+    config::LimitsConfig,
     handoff::{
         now_ms, studio_redirect_twiml, HandoffData, HandoffPath, HandoffRecord, HandoffStore,
         Route, TranscriptLine, REASON_END_CALL, REASON_HANDOFF,
     },
+    relay::resume::{ResumeStore, Saved},
     twilio::rest::RestError,
 };
+
+/// The `<Parameter>` that marks a reconnected session (its greeting is the reconnect line).
+pub const RECONNECT_PARAMETER: &str = "relaybotReconnect";
+
+/// Limits and timers of a call, with what is said when they hit.
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    /// Larger text frames are logged and dropped.
+    pub max_frame_bytes: usize,
+    /// Longer prompts are cut.
+    pub max_prompt_chars: usize,
+    /// History budget sent to the model (system prompt always kept).
+    pub history_max_chars: usize,
+    /// Then the call ends with `max_duration_line`.
+    pub max_call_duration: Duration,
+    /// Spoken at the duration limit.
+    pub max_duration_line: String,
+    /// Caller silence before the reprompt (and again before ending).
+    pub idle_reprompt: Duration,
+    /// "Are you still there?"
+    pub idle_reprompt_line: String,
+    /// Spoken when the caller stays silent after the reprompt.
+    pub idle_end_line: String,
+    /// Spoken when a shutdown's drain time is up and no human is configured.
+    pub drain_line: String,
+    /// Consecutive failed turns before the caller is handed to a human.
+    pub llm_failures_before_handoff: u32,
+    /// The apology when a human is configured.
+    pub llm_offer_human_line: String,
+    /// The greeting of a reconnected session.
+    pub reconnect_line: String,
+    /// Whether a human can take calls.
+    pub human_available: bool,
+}
+
+impl SessionLimits {
+    /// The session's share of the settings.
+    pub fn from_config(limits: &LimitsConfig, human_available: bool) -> Self {
+        SessionLimits {
+            max_frame_bytes: limits.max_frame_bytes,
+            max_prompt_chars: limits.max_prompt_chars,
+            history_max_chars: limits.history_max_chars,
+            max_call_duration: limits.max_call_duration,
+            max_duration_line: limits.max_duration_line.clone(),
+            idle_reprompt: limits.idle_reprompt,
+            idle_reprompt_line: limits.idle_reprompt_line.clone(),
+            idle_end_line: limits.idle_end_line.clone(),
+            drain_line: limits.drain_line.clone(),
+            llm_failures_before_handoff: limits.llm_failures_before_handoff,
+            llm_offer_human_line: limits.llm_offer_human_line.clone(),
+            reconnect_line: limits.reconnect_line.clone(),
+            human_available,
+        }
+    }
+}
 
 /// How calls leave Conversation Relay.
 #[derive(Debug, Clone)]
@@ -70,6 +127,12 @@ pub struct SessionDeps {
     pub error_line: String,
     /// Handoff and end settings.
     pub handoff: Arc<HandoffDeps>,
+    /// Limits and timers.
+    pub limits: Arc<SessionLimits>,
+    /// Where a dropped session leaves its conversation for a reconnect.
+    pub resume: ResumeStore,
+    /// Cancelled when a shutdown's drain time is up: hand off or end now.
+    pub wrap_up: CancellationToken,
     /// Where turn tasks are tracked (so shutdown can wait for them).
     pub tracker: TaskTracker,
 }
@@ -159,6 +222,30 @@ pub struct Session {
     outbox: Vec<Outbound>,
     exit: Exit,
     span: Span,
+    /// The CallSid the call token was minted for; `setup` must match it.
+    expected_call_sid: Option<String>,
+    /// Set when the session must end (for example a `setup` for another call).
+    rejected: bool,
+    /// Since when the caller has been silent with nothing playing; `None` while a turn runs or
+    /// audio plays.
+    idle_since: Option<Instant>,
+    /// The caller was already asked "are you still there?".
+    reprompted: bool,
+    /// When the call must end (`MAX_CALL_DURATION_SECS` after `setup`).
+    call_deadline: Option<Instant>,
+    /// Model failures in a row.
+    failures: u32,
+}
+
+/// What a timer is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// Waiting for the caller to hear the last line.
+    Exit,
+    /// Caller silence.
+    Idle,
+    /// Call length.
+    Duration,
 }
 
 /// The channels a session's loop reads besides the socket.
@@ -173,7 +260,12 @@ pub struct SessionInbox {
 
 impl Session {
     /// A new session and the channels its loop must read; `cancel` ends the call's tasks.
-    pub fn new(deps: SessionDeps, cancel: CancellationToken, span: Span) -> (Self, SessionInbox) {
+    pub fn new(
+        deps: SessionDeps,
+        cancel: CancellationToken,
+        span: Span,
+        expected_call_sid: Option<String>,
+    ) -> (Self, SessionInbox) {
         let (events_tx, events) = mpsc::channel(256);
         let (control_tx, control) = mpsc::channel(16);
         let (moved_tx, moved) = mpsc::channel(1);
@@ -196,6 +288,12 @@ impl Session {
             outbox: Vec::new(),
             exit: Exit::Staying,
             span,
+            expected_call_sid,
+            rejected: false,
+            idle_since: None,
+            reprompted: false,
+            call_deadline: None,
+            failures: 0,
         };
         (
             session,
@@ -227,12 +325,139 @@ impl Session {
         std::mem::take(&mut self.outbox)
     }
 
-    /// When the wait for the caller to hear the last line runs out, if waiting.
-    pub fn exit_deadline(&self) -> Option<Instant> {
-        match self.exit {
-            Exit::Speaking { deadline, .. } => Some(deadline),
+    /// The next timer to fire, if any.
+    fn next_timer(&self) -> Option<(Instant, Timer)> {
+        let exit = match self.exit {
+            Exit::Speaking { deadline, .. } => Some((deadline, Timer::Exit)),
             _ => None,
+        };
+        let idle = match (&self.exit, self.turn.is_some(), self.idle_since) {
+            (Exit::Staying, false, Some(since)) => {
+                Some((since + self.deps.limits.idle_reprompt, Timer::Idle))
+            }
+            _ => None,
+        };
+        let duration = self
+            .call_deadline
+            .filter(|_| !self.leaving())
+            .map(|d| (d, Timer::Duration));
+        [exit, idle, duration]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(at, _)| *at)
+    }
+
+    /// When the next timer fires, if any.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.next_timer().map(|(at, _)| at)
+    }
+
+    /// Runs the timers that are due at `now`.
+    pub fn on_timer(&mut self, now: Instant) {
+        while let Some((at, timer)) = self.next_timer().filter(|(at, _)| *at <= now) {
+            let _ = at;
+            match timer {
+                Timer::Exit => {
+                    tracing::debug!("no agentSpeaking off in time; leaving on the estimate");
+                    self.leave_now();
+                }
+                Timer::Idle if !self.reprompted => {
+                    tracing::info!("caller silent; asking if they are still there");
+                    self.reprompted = true;
+                    let line = self.deps.limits.idle_reprompt_line.clone();
+                    self.last_spoken = Some(self.say(&line));
+                    self.idle_since = Some(now);
+                }
+                Timer::Idle => {
+                    tracing::info!("caller still silent; ending the call");
+                    let line = self.deps.limits.idle_end_line.clone();
+                    self.leave_with(
+                        ExitAction::EndCall {
+                            reason: "The caller stayed silent.".into(),
+                        },
+                        line,
+                    );
+                }
+                Timer::Duration => {
+                    tracing::info!("call reached MAX_CALL_DURATION_SECS; ending it");
+                    let line = self.deps.limits.max_duration_line.clone();
+                    self.leave_with(
+                        ExitAction::EndCall {
+                            reason: "The call reached its time limit.".into(),
+                        },
+                        line,
+                    );
+                }
+            }
         }
+    }
+
+    /// The shutdown's drain time is up: hand the caller to a human, or end with a line.
+    pub fn on_wrap_up(&mut self) {
+        if self.leaving() {
+            return;
+        }
+        tracing::warn!("drain time is up; moving the caller on");
+        if self.deps.limits.human_available {
+            let line = self.deps.handoff.handoff_line.clone();
+            let action = ExitAction::Handoff {
+                reason: "The voice agent is restarting.".into(),
+                summary: String::new(),
+            };
+            self.leave_with(action, line);
+        } else {
+            let line = self.deps.limits.drain_line.clone();
+            self.leave_with(
+                ExitAction::EndCall {
+                    reason: "The voice agent is restarting.".into(),
+                },
+                line,
+            );
+        }
+    }
+
+    /// Speaks a line of ours (not the model's) as a talk cycle of its own.
+    fn say(&mut self, line: &str) -> Spoken {
+        let transcript_line = Some(self.note("agent", line));
+        let spoken = Spoken {
+            text: line.to_owned(),
+            spans: vec![(self.history.len(), 0)],
+            transcript_line,
+        };
+        self.history.push(Message::assistant(line));
+        self.outbox.push(Outbound::last(line));
+        spoken
+    }
+
+    /// Stops whatever is in flight, speaks `line`, then leaves once it has been heard.
+    fn leave_with(&mut self, action: ExitAction, line: String) {
+        if self.leaving() {
+            return;
+        }
+        self.stop_turn(Stop::Superseded);
+        self.exit = Exit::Staying;
+        let spoken = self.say(&line);
+        self.last_spoken = Some(spoken);
+        self.await_hearing(action, &line);
+    }
+
+    /// Whether the session must end now (a rejected `setup`).
+    pub fn rejected(&self) -> bool {
+        self.rejected
+    }
+
+    /// What a dropped session leaves for a reconnect, unless the call already left on purpose.
+    pub fn saved(&self) -> Option<(String, Saved)> {
+        if !self.set_up || self.leaving() || self.rejected || self.call.call_sid.is_empty() {
+            return None;
+        }
+        Some((
+            self.call.call_sid.clone(),
+            Saved {
+                history: self.history.clone(),
+                transcript: self.transcript.clone(),
+            },
+        ))
     }
 
     fn leaving(&self) -> bool {
@@ -270,6 +495,16 @@ impl Session {
                 }
                 self.set_up = true;
                 let setup = *setup;
+                if let Some(expected) = &self.expected_call_sid {
+                    if *expected != setup.call_sid {
+                        tracing::warn!(
+                            token_call_sid = %expected,
+                            "setup is for another call than the call token; closing"
+                        );
+                        self.rejected = true;
+                        return;
+                    }
+                }
                 self.span.record("call_sid", setup.call_sid.as_str());
                 self.span.record("session_id", setup.session_id.as_str());
                 tracing::info!(
@@ -286,7 +521,26 @@ impl Session {
                     direction: setup.direction,
                     custom_parameters: setup.custom_parameters,
                 });
-                if let Some(greeting) = self.deps.welcome_greeting.clone() {
+                self.call_deadline = Some(Instant::now() + self.deps.limits.max_call_duration);
+                let reconnected = self
+                    .call
+                    .custom_parameters
+                    .contains_key(RECONNECT_PARAMETER);
+                if let Some(saved) = self.deps.resume.take(&self.call.call_sid) {
+                    tracing::info!(
+                        messages = saved.history.len(),
+                        "resuming the conversation of a reconnected call"
+                    );
+                    self.history = saved.history;
+                    self.transcript = saved.transcript;
+                }
+                let greeting = if reconnected {
+                    Some(self.deps.limits.reconnect_line.clone())
+                } else {
+                    self.deps.welcome_greeting.clone()
+                };
+                self.idle_since = Some(Instant::now());
+                if let Some(greeting) = greeting {
                     // Twilio speaks the greeting; it is the assistant's first message, and a
                     // barge-in during it trims it like any reply.
                     let line = self.note("agent", &greeting);
@@ -303,10 +557,15 @@ impl Session {
                     tracing::trace!("partial prompt");
                     return;
                 }
-                let text = prompt.voice_prompt.trim();
+                let mut text = prompt.voice_prompt.trim();
                 if text.is_empty() {
                     tracing::debug!("empty prompt ignored");
                     return;
+                }
+                let max = self.deps.limits.max_prompt_chars;
+                if let Some((cut, _)) = text.char_indices().nth(max) {
+                    tracing::warn!(max, "prompt longer than MAX_PROMPT_CHARS; cut");
+                    text = &text[..cut];
                 }
                 if self.leaving() {
                     tracing::info!("caller spoke while the call is leaving; not answered");
@@ -352,6 +611,7 @@ impl Session {
                 self.start_turn(format!("The caller pressed {digits}."), Some(digits));
             }
             Inbound::Interrupt(interrupt) => {
+                self.idle_since = None;
                 tracing::info!(
                     heard_chars = interrupt.utterance_until_interrupt.chars().count(),
                     played_ms = interrupt.duration_until_interrupt_ms,
@@ -389,6 +649,10 @@ impl Session {
             Inbound::Info(info) => match info.event() {
                 InfoEvent::AgentSpeaking(on) => {
                     tracing::debug!(on, "agent speaking");
+                    // Silence is counted from when our audio stops, not while it plays.
+                    if self.turn.is_none() {
+                        self.idle_since = (!on).then(Instant::now);
+                    }
                     if let Exit::Speaking {
                         line_sent,
                         heard_on,
@@ -413,6 +677,9 @@ impl Session {
     fn start_turn(&mut self, user_text: String, dtmf: Option<String>) {
         let id = self.next_turn;
         self.next_turn += 1;
+        self.idle_since = None;
+        self.reprompted = false;
+        self.trim_history();
         let start = self.history.len();
         self.history.push(Message::User { content: user_text });
         let cancel = self.cancel.child_token();
@@ -443,6 +710,49 @@ impl Session {
             }
             .instrument(self.span.clone()),
         );
+    }
+
+    /// Keeps the history within `HISTORY_MAX_CHARS`: the system prompt always stays; whole turns
+    /// (a caller message and everything after it up to the next one) go, oldest first, so tool
+    /// calls are never separated from their results.
+    fn trim_history(&mut self) {
+        let budget = self.deps.limits.history_max_chars;
+        let size = |m: &Message| match m {
+            Message::System { content } | Message::User { content } => content.len(),
+            Message::Assistant {
+                content,
+                tool_calls,
+                ..
+            } => {
+                content.len()
+                    + tool_calls
+                        .iter()
+                        .map(|c| c.name.len() + c.arguments.len())
+                        .sum::<usize>()
+            }
+            Message::Tool { content, .. } => content.len(),
+        };
+        let mut total: usize = self.history.iter().map(size).sum();
+        if total <= budget {
+            return;
+        }
+        let keep_from = 1; // the system prompt
+        let mut cut = keep_from;
+        while total > budget && cut < self.history.len() {
+            // Drop up to (not including) the next caller message after `cut`.
+            let mut end = cut + 1;
+            while end < self.history.len() && !matches!(self.history[end], Message::User { .. }) {
+                end += 1;
+            }
+            total -= self.history[cut..end].iter().map(size).sum::<usize>();
+            cut = end;
+        }
+        tracing::debug!(
+            dropped = cut - keep_from,
+            "history over HISTORY_MAX_CHARS; oldest turns dropped"
+        );
+        self.history.drain(keep_from..cut);
+        self.last_spoken = None;
     }
 
     /// A handoff or end asked for by turn `id` is dropped with it.
@@ -546,6 +856,10 @@ impl Session {
                         None
                     }
                 };
+                let mut exit = exit;
+                if matches!(event, TurnEvent::Done) {
+                    self.failures = 0;
+                }
                 let closing = match (&event, &exit) {
                     (_, Some(action)) => {
                         if let TurnEvent::Failed(error) = &event {
@@ -554,8 +868,26 @@ impl Session {
                         self.line_for(action)
                     }
                     (TurnEvent::Failed(error), None) => {
-                        tracing::warn!(turn = turn.id, %error, "model failed; apologising to the caller");
-                        self.deps.error_line.clone()
+                        self.failures += 1;
+                        let limits = &self.deps.limits;
+                        if limits.human_available
+                            && self.failures >= limits.llm_failures_before_handoff
+                        {
+                            tracing::error!(turn = turn.id, %error, failures = self.failures, "model failed again; handing the caller to a human");
+                            let action = ExitAction::Handoff {
+                                reason: "The voice agent could not answer.".into(),
+                                summary: "The AI model failed repeatedly during this call.".into(),
+                            };
+                            let line = self.line_for(&action);
+                            exit = Some(action);
+                            line
+                        } else if limits.human_available {
+                            tracing::warn!(turn = turn.id, %error, "model failed; apologising and offering a person");
+                            limits.llm_offer_human_line.clone()
+                        } else {
+                            tracing::warn!(turn = turn.id, %error, "model failed; apologising to the caller");
+                            self.deps.error_line.clone()
+                        }
                     }
                     _ => String::new(),
                 };
@@ -578,8 +910,9 @@ impl Session {
                     turn.spoken.transcript_line = Some(self.note("agent", &turn.spoken.text));
                 }
                 tracing::debug!(turn = turn.id, chars = turn.spoken.text.len(), "turn done");
-                if let Some(action) = exit {
-                    self.await_hearing(action, &turn.spoken.text);
+                match exit {
+                    Some(action) => self.await_hearing(action, &turn.spoken.text),
+                    None => self.idle_since = Some(Instant::now()),
                 }
                 self.last_spoken = Some(turn.spoken);
             }
@@ -604,14 +937,6 @@ impl Session {
             heard_on: false,
             deadline: now + estimate.min(self.deps.handoff.max_wait),
         };
-    }
-
-    /// The wait for the caller to hear the last line is over.
-    pub fn on_exit_timer(&mut self) {
-        if matches!(self.exit, Exit::Speaking { .. }) {
-            tracing::debug!("no agentSpeaking off in time; leaving on the estimate");
-            self.leave_now();
-        }
     }
 
     fn handoff_data(&self, reason_code: &str, reason: &str, summary: &str) -> HandoffData {
@@ -867,20 +1192,36 @@ fn heard_end(spoken: &str, utterance: &str) -> Option<usize> {
 }
 
 /// Runs a call over an upgraded socket until either side ends it.
-pub async fn run(socket: WebSocket, deps: SessionDeps, cancel: CancellationToken) {
+///
+/// `expected_call_sid` is the CallSid of the call token the upgrade carried; a `setup` for any
+/// other call closes the socket (policy violation, 1008).
+pub async fn run(
+    socket: WebSocket,
+    deps: SessionDeps,
+    cancel: CancellationToken,
+    expected_call_sid: Option<String>,
+) {
     let span = tracing::info_span!("call", call_sid = field::Empty, session_id = field::Empty);
     let started = Instant::now();
-    let (mut session, mut inbox) = Session::new(deps, cancel.clone(), span.clone());
+    let max_frame = deps.limits.max_frame_bytes;
+    let wrap_up = deps.wrap_up.clone();
+    let resume = deps.resume.clone();
+    let (mut session, mut inbox) =
+        Session::new(deps, cancel.clone(), span.clone(), expected_call_sid);
     let (mut sink, mut stream) = socket.split();
     async move {
         tracing::debug!("websocket open");
+        let mut wrapped_up = false;
         loop {
-            let deadline = session.exit_deadline();
+            let deadline = session.next_deadline();
             tokio::select! {
                 // Frames first: an interrupt must be seen before more tokens are written.
                 biased;
                 () = cancel.cancelled() => break,
                 frame = stream.next() => match frame {
+                    Some(Ok(WsMessage::Text(text))) if text.len() > max_frame => {
+                        tracing::warn!(bytes = text.len(), max_frame, "skipping a frame over MAX_FRAME_BYTES");
+                    }
                     Some(Ok(WsMessage::Text(text))) => session.on_frame(text.as_str()),
                     Some(Ok(WsMessage::Binary(bytes))) => {
                         tracing::warn!(bytes = bytes.len(), "skipping a binary frame");
@@ -895,7 +1236,19 @@ pub async fn run(socket: WebSocket, deps: SessionDeps, cancel: CancellationToken
                 Some((id, event)) = inbox.events.recv() => session.on_turn_event(id, event),
                 Some(request) = inbox.control.recv() => session.on_control(request),
                 Some(result) = inbox.moved.recv() => session.on_moved(result),
-                () = sleep_until(deadline) => session.on_exit_timer(),
+                () = wrap_up.cancelled(), if !wrapped_up => {
+                    wrapped_up = true;
+                    session.on_wrap_up();
+                }
+                () = sleep_until(deadline) => session.on_timer(Instant::now()),
+            }
+            if session.rejected() {
+                let close = axum::extract::ws::CloseFrame {
+                    code: axum::extract::ws::close_code::POLICY,
+                    reason: "setup does not match the call token".into(),
+                };
+                let _ = sink.send(WsMessage::Close(Some(close))).await;
+                break;
             }
             for message in session.take_outbox() {
                 match message.to_frame() {
@@ -912,6 +1265,9 @@ pub async fn run(socket: WebSocket, deps: SessionDeps, cancel: CancellationToken
             }
         }
         session.close();
+        if let Some((call_sid, saved)) = session.saved() {
+            resume.save(&call_sid, saved);
+        }
         // Say goodbye properly when we end the session (a no-op if Twilio already closed).
         let _ = sink.close().await;
         tracing::info!(

@@ -176,6 +176,24 @@ pub fn say_and_hang_up(text: Option<&str>) -> String {
     })
 }
 
+/// `<Response><Say>text</Say>…</Response>`: `text` spoken before the verbs of `then`, a TwiML
+/// document of ours.
+pub fn say_then(text: &str, then: &str) -> String {
+    let mut root = parse(then).unwrap_or_else(|_| Element {
+        name: "Response".into(),
+        ..Element::default()
+    });
+    root.children.insert(
+        0,
+        Element {
+            name: "Say".into(),
+            text: text.to_owned(),
+            ..Element::default()
+        },
+    );
+    root.to_xml()
+}
+
 /// `<Response><Redirect method="POST">url</Redirect></Response>`: continue the call at `url`
 /// (for example a Studio flow with `FlowEvent=return`).
 pub fn redirect(url: &str) -> String {
@@ -237,6 +255,34 @@ impl Element {
             return Some(self);
         }
         self.children.iter().find_map(|c| c.find(name))
+    }
+
+    /// Writes the element as a TwiML document.
+    pub fn to_xml(&self) -> String {
+        fn write(w: &mut Writer<Cursor<Vec<u8>>>, e: &Element) -> std::io::Result<()> {
+            let attrs: Vec<(String, String)> = e
+                .attributes
+                .iter()
+                .map(|(k, v)| (k.clone(), clean(v).into_owned()))
+                .collect();
+            let start = w
+                .create_element(e.name.as_str())
+                .with_attributes(attrs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            if e.children.is_empty() && e.text.is_empty() {
+                start.write_empty()?;
+            } else if e.children.is_empty() {
+                start.write_text_content(text(&e.text))?;
+            } else {
+                start.write_inner_content(|w| {
+                    for child in &e.children {
+                        write(w, child)?;
+                    }
+                    Ok(())
+                })?;
+            }
+            Ok(())
+        }
+        document(|w| write(w, self))
     }
 
     /// Direct children named `name`.
@@ -408,6 +454,16 @@ mod tests {
             Some("WW1")
         );
         assert_eq!(root.find("Task").unwrap().text, r#"{"name":"A & <B>"}"#);
+    }
+
+    #[test]
+    fn say_then_puts_a_line_before_other_verbs() {
+        let doc = say_then("Busy & sorry", &enqueue_task("WW1", r#"{"a":"<b>"}"#));
+        let root = parse(&doc).unwrap();
+        assert_eq!(root.children[0].name, "Say");
+        assert_eq!(root.children[0].text, "Busy & sorry");
+        assert_eq!(root.children[1].name, "Enqueue");
+        assert_eq!(root.find("Task").unwrap().text, r#"{"a":"<b>"}"#);
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct TestApp {
     pub llm: FakeLlm,
     /// The server.
     pub server: RunningServer,
+    /// How the simulator places calls to it (signed like Twilio when a token is configured).
+    pub dial_options: DialOptions,
 }
 
 impl Drop for TestApp {
@@ -46,6 +48,14 @@ pub fn test_config(llm: &FakeLlm, extra: &[(&str, &str)]) -> Config {
 pub async fn spawn_app_with(extra: &[(&str, &str)], tools: ToolRegistry) -> TestApp {
     let llm = FakeLlm::start().await;
     let config = test_config(&llm, extra);
+    let dial_options = DialOptions {
+        auth_token: config.twilio.auth_token.clone(),
+        public_url: config
+            .public_url
+            .as_ref()
+            .map(|u| u.as_str().trim_end_matches('/').to_owned()),
+        ..DialOptions::default()
+    };
     let state = relaybot::build_state(config, tools).expect("state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = relaybot::start(listener, state).unwrap();
@@ -53,6 +63,7 @@ pub async fn spawn_app_with(extra: &[(&str, &str)], tools: ToolRegistry) -> Test
         base_url: format!("http://{}", server.addr),
         llm,
         server,
+        dial_options,
     }
 }
 
@@ -64,7 +75,7 @@ pub async fn spawn_app() -> TestApp {
 impl TestApp {
     /// Places a call and waits for the server to accept the session.
     pub async fn dial(&self) -> Caller {
-        Caller::dial(&self.base_url, DialOptions::default())
+        Caller::dial(&self.base_url, self.dial_options.clone())
             .await
             .expect("dial")
     }

@@ -1,0 +1,119 @@
+//! Conversations kept after a WebSocket drops, so a reconnected session resumes them.
+//!
+//! If the socket dies mid-call, Twilio requests the `<Connect action>` URL with
+//! `SessionStatus=failed` while the call is still up (shared notes §7.1); `/action` answers with a
+//! fresh `<ConversationRelay>` (at most `MAX_RECONNECTS` times per call), and when the new
+//! `setup` arrives with the same callSid the session picks up the saved history. Entries expire
+//! after `RECONNECT_GRACE_SECS`. In memory, per instance; the lock is never held across an await.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use crate::{agent::Message, handoff::TranscriptLine};
+
+/// What a dropped session leaves behind.
+#[derive(Debug, Clone, Default)]
+pub struct Saved {
+    /// The conversation, system prompt first.
+    pub history: Vec<Message>,
+    /// The transcript for the human agent.
+    pub transcript: Vec<TranscriptLine>,
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    saved: Option<Saved>,
+    reconnects: u32,
+    expires: Option<Instant>,
+}
+
+/// Saved conversations and reconnect counts, by CallSid.
+#[derive(Debug, Clone)]
+pub struct ResumeStore {
+    inner: Arc<Mutex<HashMap<String, Entry>>>,
+    grace: Duration,
+}
+
+impl ResumeStore {
+    /// A store keeping conversations for `grace`.
+    pub fn new(grace: Duration) -> Self {
+        ResumeStore {
+            inner: Arc::new(Mutex::new(HashMap::new())),
+            grace,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keeps a dropped session's conversation.
+    pub fn save(&self, call_sid: &str, saved: Saved) {
+        if call_sid.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut map = self.lock();
+        map.retain(|_, e| e.expires.is_none_or(|t| t > now));
+        let entry = map.entry(call_sid.to_owned()).or_default();
+        entry.saved = Some(saved);
+        entry.expires = Some(now + self.grace);
+    }
+
+    /// Counts a reconnect of `call_sid`; returns how many there have been, this one included.
+    pub fn count_reconnect(&self, call_sid: &str) -> u32 {
+        let mut map = self.lock();
+        let entry = map.entry(call_sid.to_owned()).or_default();
+        entry.reconnects += 1;
+        entry.expires = Some(Instant::now() + self.grace);
+        entry.reconnects
+    }
+
+    /// The saved conversation of `call_sid`, taken (a resumed session saves again when it ends).
+    pub fn take(&self, call_sid: &str) -> Option<Saved> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let entry = map.get_mut(call_sid)?;
+        if entry.expires.is_some_and(|t| t <= now) {
+            map.remove(call_sid);
+            return None;
+        }
+        entry.saved.take()
+    }
+
+    /// Forgets `call_sid` (the call is over).
+    pub fn forget(&self, call_sid: &str) {
+        self.lock().remove(call_sid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saves_counts_and_expires() {
+        let store = ResumeStore::new(Duration::from_secs(60));
+        store.save(
+            "CA1",
+            Saved {
+                history: vec![Message::assistant("hi")],
+                transcript: vec![],
+            },
+        );
+        assert_eq!(store.count_reconnect("CA1"), 1);
+        assert_eq!(store.count_reconnect("CA1"), 2);
+        assert_eq!(store.take("CA1").unwrap().history.len(), 1);
+        assert!(store.take("CA1").is_none(), "taken once");
+        store.forget("CA1");
+        assert_eq!(store.count_reconnect("CA1"), 1, "forgotten");
+        let short = ResumeStore::new(Duration::ZERO);
+        short.save("CA2", Saved::default());
+        assert!(short.take("CA2").is_none(), "expired");
+    }
+}

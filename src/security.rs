@@ -1,0 +1,328 @@
+//! Who may talk to us: Twilio request signatures and per-call tokens.
+//!
+//! - [`Verifier`] checks `X-Twilio-Signature` (HMAC-SHA1, base64) on the voice webhook, the
+//!   `<Connect action>` callback and the WebSocket upgrade, over the **public** URL (from
+//!   `PUBLIC_URL`, never the request's Host header), with and without the default port, with the
+//!   primary and the secondary auth token (rotation). For the WebSocket, whose signed URL form is
+//!   not documented, both the full URL with its query and the URL with its query parameters as
+//!   sorted "form" parameters are accepted, and the variant that matched is logged.
+//!   Rules: <https://www.twilio.com/docs/usage/webhooks/webhooks-security>; shared notes §5.
+//! - [`CallTokens`]: a signature can be replayed, so `/twiml` mints a short-lived, single-use
+//!   token bound to the CallSid, carried in the ConversationRelay `url`; `/ws` checks it before
+//!   the upgrade and the session checks `setup.callSid` against it.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use secrecy::{ExposeSecret, SecretString};
+use sha1::Sha1;
+
+use crate::twilio::signature;
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    /// No `X-Twilio-Signature` header.
+    #[error("no X-Twilio-Signature header")]
+    Missing,
+    /// The signature matches none of the URL variants under any configured token.
+    #[error("X-Twilio-Signature does not match")]
+    Mismatch,
+}
+
+/// Which signed-URL form matched a WebSocket upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebSocketVariant {
+    /// The full URL with its query, no parameters (twilio-node's generic validator).
+    FullUrl,
+    /// The URL without its query, query parameters as sorted parameters (Twilio's TAC SDKs).
+    SortedQuery,
+}
+
+/// Checks Twilio's request signatures.
+pub struct Verifier {
+    tokens: Vec<SecretString>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("tokens", &self.tokens.len())
+            .finish()
+    }
+}
+
+impl Verifier {
+    /// A verifier accepting signatures made with any of `tokens` (primary first). With no token,
+    /// every request is accepted (signature checks off).
+    pub fn new(tokens: Vec<SecretString>) -> Self {
+        Verifier { tokens }
+    }
+
+    /// Whether signatures are checked at all.
+    pub fn enabled(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+
+    fn any_token(&self, check: impl Fn(&str) -> bool) -> bool {
+        self.tokens.iter().any(|t| check(t.expose_secret()))
+    }
+
+    /// Checks a webhook: `url` as Twilio requested it (public base + path + query), `params` the
+    /// form body (empty for GET).
+    ///
+    /// # Errors
+    /// [`SignatureError`] when the header is missing or matches nothing.
+    pub fn check_webhook(
+        &self,
+        url: &str,
+        params: &[(String, String)],
+        header: Option<&str>,
+    ) -> Result<(), SignatureError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let header = header.ok_or(SignatureError::Missing)?;
+        if self.any_token(|t| signature::matches(t, url, params, header)) {
+            Ok(())
+        } else {
+            Err(SignatureError::Mismatch)
+        }
+    }
+
+    /// Checks a WebSocket upgrade to `url` (the `wss://` URL with its query).
+    ///
+    /// # Errors
+    /// [`SignatureError`] when the header is missing or matches no variant.
+    pub fn check_websocket(
+        &self,
+        url: &str,
+        header: Option<&str>,
+    ) -> Result<Option<WebSocketVariant>, SignatureError> {
+        if !self.enabled() {
+            return Ok(None);
+        }
+        let header = header.ok_or(SignatureError::Missing)?;
+        if self.any_token(|t| signature::matches(t, url, &[], header)) {
+            return Ok(Some(WebSocketVariant::FullUrl));
+        }
+        let (bare, query) = url.split_once('?').unwrap_or((url, ""));
+        let params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        if self.any_token(|t| signature::matches(t, bare, &params, header)) {
+            return Ok(Some(WebSocketVariant::SortedQuery));
+        }
+        Err(SignatureError::Mismatch)
+    }
+}
+
+/// Why a call token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallTokenError {
+    /// No `token` in the WebSocket URL.
+    #[error("no call token")]
+    Missing,
+    /// Not a token we minted (bad format or signature).
+    #[error("call token is not valid")]
+    Invalid,
+    /// Minted by us, but its time is up.
+    #[error("call token has expired")]
+    Expired,
+    /// Already used for an upgrade.
+    #[error("call token was already used")]
+    Replayed,
+}
+
+/// Mints and checks the per-call tokens.
+pub struct CallTokens {
+    key: SecretString,
+    ttl: Duration,
+    used: Mutex<HashMap<String, Instant>>,
+}
+
+impl std::fmt::Debug for CallTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallTokens")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl CallTokens {
+    /// Tokens signed with `key` (a random one when `None`), valid for `ttl`.
+    pub fn new(key: Option<SecretString>, ttl: Duration) -> Self {
+        let key = key.unwrap_or_else(|| {
+            let bytes: [u8; 32] = rand::random();
+            SecretString::from(base64::engine::general_purpose::STANDARD.encode(bytes))
+        });
+        CallTokens {
+            key,
+            ttl,
+            used: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn mac(&self, body: &str) -> String {
+        let mut mac = Hmac::<Sha1>::new_from_slice(self.key.expose_secret().as_bytes())
+            .expect("HMAC accepts keys of any length");
+        mac.update(body.as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    }
+
+    /// A token for `call_sid`: `CallSid.expiryMs.signature` (URL-safe characters only).
+    pub fn mint(&self, call_sid: &str) -> String {
+        self.mint_expiring_at(call_sid, now_ms() + self.ttl.as_millis() as u64)
+    }
+
+    /// A token for `call_sid` that expires at `expires_ms` (ms since the Unix epoch).
+    pub fn mint_expiring_at(&self, call_sid: &str, expires_ms: u64) -> String {
+        let call_sid: String = call_sid
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect();
+        let body = format!("{call_sid}.{expires_ms}");
+        format!("{body}.{}", self.mac(&body))
+    }
+
+    /// Checks `token` and uses it up; returns the CallSid it is bound to.
+    ///
+    /// # Errors
+    /// [`CallTokenError`].
+    pub fn redeem(&self, token: Option<&str>) -> Result<String, CallTokenError> {
+        let token = token
+            .filter(|t| !t.is_empty())
+            .ok_or(CallTokenError::Missing)?;
+        let mut parts = token.splitn(3, '.');
+        let (Some(call_sid), Some(expires), Some(mac)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(CallTokenError::Invalid);
+        };
+        let expires: u64 = expires.parse().map_err(|_| CallTokenError::Invalid)?;
+        let expected = self.mac(&format!("{call_sid}.{expires}"));
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            expected.as_bytes(),
+            mac.as_bytes(),
+        )) {
+            return Err(CallTokenError::Invalid);
+        }
+        if now_ms() > expires {
+            return Err(CallTokenError::Expired);
+        }
+        let now = Instant::now();
+        let mut used = self
+            .used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        used.retain(|_, until| *until > now);
+        if used.contains_key(token) {
+            return Err(CallTokenError::Replayed);
+        }
+        let left = Duration::from_millis(expires.saturating_sub(now_ms()));
+        used.insert(token.to_owned(), now + left);
+        Ok(call_sid.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(t: &str) -> SecretString {
+        SecretString::from(t.to_owned())
+    }
+
+    #[test]
+    fn webhooks_need_a_valid_signature_from_either_token() {
+        let url = "https://bot.example.com/twiml";
+        let params = vec![("CallSid".to_owned(), "CA1".to_owned())];
+        let v = Verifier::new(vec![token("primary"), token("secondary")]);
+        let good = signature::sign("primary", url, &params);
+        let rotated = signature::sign("secondary", url, &params);
+        assert_eq!(v.check_webhook(url, &params, Some(&good)), Ok(()));
+        assert_eq!(v.check_webhook(url, &params, Some(&rotated)), Ok(()));
+        assert_eq!(
+            v.check_webhook(url, &params, None),
+            Err(SignatureError::Missing)
+        );
+        assert_eq!(
+            v.check_webhook(url, &params, Some(&signature::sign("other", url, &params))),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            v.check_webhook(url, &[], Some(&good)),
+            Err(SignatureError::Mismatch),
+            "parameters are covered"
+        );
+        let with_port = signature::sign("primary", "https://bot.example.com:443/twiml", &params);
+        assert_eq!(v.check_webhook(url, &params, Some(&with_port)), Ok(()));
+        assert_eq!(
+            Verifier::new(vec![]).check_webhook(url, &params, None),
+            Ok(())
+        );
+    }
+
+    /// The shared notes' WebSocket vectors (token `12345`): both variants verify.
+    #[test]
+    fn websocket_variants() {
+        let v = Verifier::new(vec![token("12345")]);
+        let url = "wss://example.com/ws?token=abc&foo=bar";
+        assert_eq!(
+            v.check_websocket(url, Some("wwBh7j3VdG6m6VtFADyihrw7AYk=")),
+            Ok(Some(WebSocketVariant::FullUrl))
+        );
+        assert_eq!(
+            v.check_websocket(url, Some("bK75SJpzG4xThNyqsCx8yah0Ebw=")),
+            Ok(Some(WebSocketVariant::SortedQuery))
+        );
+        assert_eq!(
+            v.check_websocket("wss://example.com/ws", Some("HXrgvHt0qTHu33oSxSjpOvWtO60=")),
+            Ok(Some(WebSocketVariant::FullUrl))
+        );
+        assert_eq!(
+            v.check_websocket(url, Some("HXrgvHt0qTHu33oSxSjpOvWtO60=")),
+            Err(SignatureError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn call_tokens_are_bound_single_use_and_expire() {
+        let tokens = CallTokens::new(None, Duration::from_secs(60));
+        let t = tokens.mint("CA123");
+        assert!(t
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)));
+        assert_eq!(tokens.redeem(Some(&t)), Ok("CA123".into()));
+        assert_eq!(tokens.redeem(Some(&t)), Err(CallTokenError::Replayed));
+        assert_eq!(tokens.redeem(None), Err(CallTokenError::Missing));
+        assert_eq!(tokens.redeem(Some("CA1.1.x")), Err(CallTokenError::Invalid));
+        let forged = t.replacen("CA123", "CA999", 1);
+        assert_eq!(tokens.redeem(Some(&forged)), Err(CallTokenError::Invalid));
+        let old = tokens.mint_expiring_at("CA5", now_ms() - 1);
+        assert_eq!(tokens.redeem(Some(&old)), Err(CallTokenError::Expired));
+        let other = CallTokens::new(None, Duration::from_secs(60));
+        assert_eq!(
+            other.redeem(Some(&tokens.mint("CA7"))),
+            Err(CallTokenError::Invalid)
+        );
+        let shared = SecretString::from("a-fleet-wide-secret".to_owned());
+        let a = CallTokens::new(Some(shared.clone()), Duration::from_secs(60));
+        let b = CallTokens::new(Some(shared), Duration::from_secs(60));
+        assert_eq!(
+            b.redeem(Some(&a.mint("CA8"))),
+            Ok("CA8".into()),
+            "a fleet shares the key"
+        );
+    }
+}
