@@ -199,6 +199,15 @@ async fn health(State(state): State<AppState>) -> Response {
     }
 }
 
+/// A request refused for its signature: 403.
+struct Forbidden;
+
+impl IntoResponse for Forbidden {
+    fn into_response(self) -> Response {
+        (StatusCode::FORBIDDEN, "invalid Twilio signature").into_response()
+    }
+}
+
 /// Refuses (403) a request whose `X-Twilio-Signature` does not match, before anything runs.
 fn verify_webhook(
     state: &AppState,
@@ -206,7 +215,7 @@ fn verify_webhook(
     uri: &Uri,
     headers: &HeaderMap,
     form: &[(String, String)],
-) -> Result<(), Response> {
+) -> Result<(), Forbidden> {
     let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     let url = format!("{}{path}", state.signing_base());
     // GET signs the URL (its query included) alone; POST adds the form body's parameters.
@@ -217,7 +226,7 @@ fn verify_webhook(
         .check_webhook(&url, params, header)
         .map_err(|e| {
             tracing::warn!(error = %e, %url, "refusing a request that is not signed by Twilio");
-            (StatusCode::FORBIDDEN, "invalid Twilio signature").into_response()
+            Forbidden
         })
 }
 
@@ -350,7 +359,7 @@ async fn voice_webhook(
         }
     };
     if let Err(refused) = verify_webhook(&state, &method, &uri, &headers, &hook.params) {
-        return refused;
+        return refused.into_response();
     }
     let call_sid = hook.call_sid.clone().unwrap_or_default();
     if state.draining.is_cancelled() || state.call_slots.available_permits() == 0 {
@@ -456,7 +465,7 @@ async fn connect_action(
         }
     };
     if let Err(refused) = verify_webhook(&state, &method, &uri, &headers, &callback.params) {
-        return refused;
+        return refused.into_response();
     }
     let call_sid = callback.call_sid.clone().unwrap_or_default();
     tracing::info!(
