@@ -225,7 +225,7 @@ pub struct LimitsConfig {
     /// `DRAIN_LINE`: spoken to calls still live when the drain time is up.
     pub drain_line: String,
     /// `LLM_FILLER_AFTER_MS` (default 1500): with no first token by then, `LLM_FILLER_LINE` is
-    /// spoken while waiting on.
+    /// spoken while waiting on (an empty line turns this off).
     pub llm_filler_after: Duration,
     /// `LLM_FILLER_LINE`.
     pub llm_filler_line: String,
@@ -835,7 +835,13 @@ impl Config {
             )?),
             drain_line: line("DRAIN_LINE", lines::DRAIN),
             llm_filler_after: vars.millis("LLM_FILLER_AFTER_MS", 1500)?,
-            llm_filler_line: line("LLM_FILLER_LINE", lines::LLM_FILLER),
+            // Empty turns the filler off.
+            llm_filler_line: vars
+                .0
+                .get("LLM_FILLER_LINE")
+                .map_or(lines::LLM_FILLER, |v| v.as_str())
+                .trim()
+                .to_owned(),
             llm_failures_before_handoff: positive(
                 "LLM_FAILURES_BEFORE_HANDOFF",
                 2,

@@ -75,6 +75,22 @@ impl Default for DialOptions {
     }
 }
 
+/// One HTTP client for every simulated call (building one loads the TLS roots, which is slow).
+fn http_client(base: &str) -> Result<reqwest::Client, SimError> {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    if let Some(client) = CLIENT.get() {
+        return Ok(client.clone());
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .map_err(|e| SimError::Http {
+            url: base.to_owned(),
+            reason: e.to_string(),
+        })?;
+    Ok(CLIENT.get_or_init(|| client).clone())
+}
+
 /// A Twilio-style id: a two-letter prefix and 32 hex digits.
 pub fn new_sid(prefix: &str) -> String {
     let mut rng = rand::rng();
@@ -120,13 +136,7 @@ impl Caller {
     /// [`SimError`] when the webhook, the TwiML or the WebSocket fails.
     pub async fn dial(base: &str, options: DialOptions) -> Result<Self, SimError> {
         let base = base.trim_end_matches('/').to_owned();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
-            .build()
-            .map_err(|e| SimError::Http {
-                url: base.clone(),
-                reason: e.to_string(),
-            })?;
+        let http = http_client(&base)?;
         let call_sid = new_sid("CA");
         let account_sid = new_sid("AC");
         let form = vec![
@@ -147,7 +157,25 @@ impl Caller {
             &options,
         )
         .await?;
-        let root = twiml::parse(&body).map_err(SimError::Twiml)?;
+        Self::connect(&base, &body, call_sid, options).await
+    }
+
+    /// Follows a `<Connect><ConversationRelay>` document for `call_sid` as Twilio does: opens the
+    /// WebSocket and sends `setup`. Used by [`Caller::dial`], and to reconnect a call with the
+    /// TwiML `/action` answered.
+    ///
+    /// # Errors
+    /// [`SimError`] when the TwiML or the WebSocket fails.
+    pub async fn connect(
+        base: &str,
+        body: &str,
+        call_sid: String,
+        options: DialOptions,
+    ) -> Result<Self, SimError> {
+        let base = base.trim_end_matches('/').to_owned();
+        let http = http_client(&base)?;
+        let account_sid = new_sid("AC");
+        let root = twiml::parse(body).map_err(SimError::Twiml)?;
         let connect = root
             .find("Connect")
             .ok_or_else(|| SimError::Twiml(format!("no <Connect> in {body}")))?;

@@ -915,6 +915,10 @@ impl Session {
                     None => self.idle_since = Some(Instant::now()),
                 }
                 self.last_spoken = Some(turn.spoken);
+                // Keep the conversation where a reconnect finds it, even if this task dies.
+                if let Some((call_sid, saved)) = self.saved() {
+                    self.deps.resume.save(&call_sid, saved);
+                }
             }
         }
     }
@@ -1291,6 +1295,135 @@ async fn sleep_until(deadline: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        agent::{offline::OfflineModel, tools::ToolRegistry},
+        relay::protocol::{Info, Setup},
+    };
+
+    fn limits() -> SessionLimits {
+        SessionLimits {
+            max_frame_bytes: 65_536,
+            max_prompt_chars: 2000,
+            history_max_chars: 24_000,
+            max_call_duration: Duration::from_secs(3600),
+            max_duration_line: "Time is up.".into(),
+            idle_reprompt: Duration::from_secs(10),
+            idle_reprompt_line: "Are you still there?".into(),
+            idle_end_line: "Goodbye for now.".into(),
+            drain_line: "Restarting.".into(),
+            llm_failures_before_handoff: 2,
+            llm_offer_human_line: "Want a person?".into(),
+            reconnect_line: "We got cut off.".into(),
+            human_available: false,
+        }
+    }
+
+    fn session(limits: SessionLimits) -> (Session, SessionInbox) {
+        let agent = Agent {
+            model: Arc::new(OfflineModel::new(Duration::ZERO)),
+            tools: ToolRegistry::new(),
+            system_prompt: "s".into(),
+            first_token_timeout: Duration::from_secs(8),
+            idle_timeout: Duration::from_secs(5),
+            max_tool_steps: 3,
+            filler: None,
+        };
+        let deps = SessionDeps {
+            agent: Arc::new(agent),
+            welcome_greeting: Some("Hello.".into()),
+            error_line: "Sorry.".into(),
+            handoff: Arc::new(HandoffDeps {
+                route: Route::ConnectAction,
+                store: HandoffStore::new(Duration::from_secs(60)),
+                handoff_line: "Connecting you.".into(),
+                end_call_line: "Bye.".into(),
+                max_wait: Duration::from_secs(15),
+            }),
+            limits: Arc::new(limits),
+            resume: ResumeStore::new(Duration::from_secs(60)),
+            wrap_up: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        };
+        let (mut s, inbox) = Session::new(deps, CancellationToken::new(), Span::none(), None);
+        s.on_message(Inbound::Setup(Box::new(Setup {
+            call_sid: "CA1".into(),
+            ..Setup::default()
+        })));
+        (s, inbox)
+    }
+
+    fn speaking(on: bool) -> Inbound {
+        Inbound::Info(Info {
+            name: "agentSpeaking".into(),
+            value: if on { "on" } else { "off" }.into(),
+        })
+    }
+
+    /// Silence after the agent spoke: "are you still there?", then a polite end once heard.
+    #[tokio::test(start_paused = true)]
+    async fn silence_gets_a_reprompt_then_a_polite_end() {
+        let (mut s, _inbox) = session(limits());
+        assert!(
+            s.take_outbox().is_empty(),
+            "Twilio speaks the greeting itself"
+        );
+        s.on_message(speaking(true));
+        s.on_message(speaking(false));
+        assert_eq!(
+            s.next_deadline(),
+            Some(Instant::now() + Duration::from_secs(10))
+        );
+        tokio::time::advance(Duration::from_secs(10)).await;
+        s.on_timer(Instant::now());
+        assert_eq!(
+            s.take_outbox(),
+            vec![Outbound::last("Are you still there?")]
+        );
+        s.on_message(speaking(true));
+        s.on_message(speaking(false));
+        tokio::time::advance(Duration::from_secs(9)).await;
+        s.on_timer(Instant::now());
+        assert!(s.take_outbox().is_empty(), "not yet");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        s.on_timer(Instant::now());
+        assert_eq!(s.take_outbox(), vec![Outbound::last("Goodbye for now.")]);
+        s.on_message(speaking(true));
+        s.on_message(speaking(false));
+        let out = s.take_outbox();
+        assert!(
+            matches!(&out[..], [Outbound::End { handoff_data: Some(d) }] if d.contains("end-call")),
+            "{out:?}"
+        );
+    }
+
+    /// Caller input resets the silence clock.
+    #[tokio::test(start_paused = true)]
+    async fn caller_input_resets_the_silence_clock() {
+        let (mut s, _inbox) = session(limits());
+        tokio::time::advance(Duration::from_secs(9)).await;
+        s.on_frame(r#"{"type":"interrupt","utteranceUntilInterrupt":""}"#);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        s.on_timer(Instant::now());
+        assert!(s.take_outbox().is_empty());
+    }
+
+    /// The call ends politely at MAX_CALL_DURATION_SECS; the wait for the line is bounded even
+    /// without speaker events.
+    #[tokio::test(start_paused = true)]
+    async fn the_call_ends_at_its_time_limit() {
+        let mut l = limits();
+        l.max_call_duration = Duration::from_secs(60);
+        l.idle_reprompt = Duration::from_secs(3600);
+        let (mut s, _inbox) = session(l);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        s.on_timer(Instant::now());
+        assert_eq!(s.take_outbox(), vec![Outbound::last("Time is up.")]);
+        let bound = s.next_deadline().unwrap() - Instant::now();
+        assert!(bound <= Duration::from_secs(15), "{bound:?}");
+        tokio::time::advance(bound).await;
+        s.on_timer(Instant::now());
+        assert!(matches!(&s.take_outbox()[..], [Outbound::End { .. }]));
+    }
 
     #[test]
     fn heard_end_tolerates_case_whitespace_and_punctuation() {

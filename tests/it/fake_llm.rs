@@ -39,6 +39,10 @@ pub enum Chunk {
     CallArgs { index: u32, args: &'static str },
     /// `finish_reason`.
     Finish(&'static str),
+    /// `delta.content` built at run time.
+    Owned(String),
+    /// A raw `data:` payload, sent as is (for malformed streams).
+    Raw(&'static str),
 }
 
 impl Chunk {
@@ -60,6 +64,8 @@ impl Chunk {
                 Value::Null,
             ),
             Chunk::Finish(reason) => (json!({}), json!(reason)),
+            Chunk::Owned(t) => (json!({ "content": t }), Value::Null),
+            Chunk::Raw(raw) => return Value::String((*raw).to_owned()),
         };
         json!({
             "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": "fake",
@@ -107,6 +113,7 @@ impl Script {
 
 #[derive(Clone)]
 struct FakeState {
+    default: Arc<Mutex<Option<Script>>>,
     scripts: Arc<Mutex<VecDeque<Script>>>,
     requests: mpsc::UnboundedSender<Value>,
 }
@@ -115,6 +122,7 @@ struct FakeState {
 pub struct FakeLlm {
     /// `http://127.0.0.1:port/v1`: give it as `OPENAI_BASE_URL`.
     pub base_url: String,
+    default: Arc<Mutex<Option<Script>>>,
     scripts: Arc<Mutex<VecDeque<Script>>>,
     requests: mpsc::UnboundedReceiver<Value>,
     server: tokio::task::JoinHandle<()>,
@@ -131,7 +139,9 @@ impl FakeLlm {
     pub async fn start() -> FakeLlm {
         let (tx, rx) = mpsc::unbounded_channel();
         let scripts = Arc::new(Mutex::new(VecDeque::new()));
+        let default = Arc::new(Mutex::new(None));
         let state = FakeState {
+            default: default.clone(),
             scripts: scripts.clone(),
             requests: tx,
         };
@@ -145,10 +155,16 @@ impl FakeLlm {
         });
         FakeLlm {
             base_url: format!("http://{addr}/v1"),
+            default,
             scripts,
             requests: rx,
             server,
         }
+    }
+
+    /// The answer when no script is queued (a plain "OK." otherwise).
+    pub fn set_default(&self, script: Script) {
+        *self.default.lock().unwrap() = Some(script);
     }
 
     /// Queues the answer to a future request.
@@ -166,7 +182,11 @@ impl FakeLlm {
 }
 
 fn sse(chunk: &Value) -> Bytes {
-    Bytes::from(format!("data: {chunk}\n\n"))
+    match chunk {
+        // A raw payload goes out exactly as written.
+        Value::String(raw) => Bytes::from(format!("data: {raw}\n\n")),
+        _ => Bytes::from(format!("data: {chunk}\n\n")),
+    }
 }
 
 async fn completions(State(state): State<FakeState>, Json(body): Json<Value>) -> Response {
@@ -176,6 +196,7 @@ async fn completions(State(state): State<FakeState>, Json(body): Json<Value>) ->
         .lock()
         .unwrap()
         .pop_front()
+        .or_else(|| state.default.lock().unwrap().clone())
         .unwrap_or_else(|| Script::text(&["OK."]));
     let (before, after, gate, finish) = match script {
         Script::Status(status) => {

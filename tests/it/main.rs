@@ -7,6 +7,8 @@ mod helpers;
 
 mod cli;
 mod handoff;
+mod reliability;
 mod session;
+mod soak;
 mod turns;
 mod twiml;
