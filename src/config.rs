@@ -59,6 +59,8 @@ pub enum LlmProvider {
 pub struct LlmConfig {
     /// Which model answers.
     pub provider: LlmProvider,
+    /// `LLM_CONNECT_TIMEOUT_MS` (default 3000 ms): TCP/TLS connect to the model server.
+    pub connect_timeout: Duration,
     /// `LLM_FIRST_TOKEN_TIMEOUT_MS` (default 8000 ms): request sent → first streamed chunk.
     pub first_token_timeout: Duration,
     /// `LLM_STREAM_IDLE_TIMEOUT_MS` (default 5000 ms): longest gap between two chunks.
@@ -624,6 +626,7 @@ impl Config {
         }
         let llm = LlmConfig {
             provider,
+            connect_timeout: vars.millis("LLM_CONNECT_TIMEOUT_MS", 3000)?,
             first_token_timeout: vars.millis("LLM_FIRST_TOKEN_TIMEOUT_MS", 8000)?,
             idle_timeout: vars.millis("LLM_STREAM_IDLE_TIMEOUT_MS", 5000)?,
             max_tool_steps,
@@ -1211,6 +1214,7 @@ mod tests {
             "OPENAI_MODEL",
             "LLM_PROVIDER",
             "SYSTEM_PROMPT_FILE",
+            "LLM_CONNECT_TIMEOUT_MS",
             "LLM_FIRST_TOKEN_TIMEOUT_MS",
             "LLM_STREAM_IDLE_TIMEOUT_MS",
             "AGENT_MAX_TOOL_STEPS",

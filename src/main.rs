@@ -64,26 +64,35 @@ fn init_tracing(default: &str) {
         .init();
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is called (not when the
+/// future is first polled), so a signal that arrives during start-up is not lost.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let streams =
+            signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)));
+        async move {
+            match streams {
+                Ok((mut terminate, mut interrupt)) => {
+                    tokio::select! {
+                        _ = terminate.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for shutdown signals");
+                    std::future::pending::<()>().await;
+                }
             }
-            Err(_) => std::future::pending().await,
+            tracing::info!("shutting down: no new calls; live calls may finish");
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
     }
-    tracing::info!("shutting down: no new calls; live calls may finish");
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down: no new calls; live calls may finish");
+    }
 }
 
 #[tokio::main]
@@ -117,6 +126,7 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> Result<(), String> {
+    let shutdown = shutdown_signal();
     for var in &config.relay.unknown_attributes {
         tracing::warn!(%var, "not a known ConversationRelay attribute; passing it through as written");
     }
@@ -151,7 +161,7 @@ async fn serve(config: Config) -> Result<(), String> {
             "signatures are checked against http://{local} because PUBLIC_URL is unset: set PUBLIC_URL to the URL Twilio calls (your ngrok URL) or Twilio's requests will be refused"
         );
     }
-    relaybot::http::serve(listener, state, shutdown_signal())
+    relaybot::http::serve(listener, state, shutdown)
         .await
         .map_err(|e| format!("server failed: {e}"))
 }

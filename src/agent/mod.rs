@@ -245,7 +245,7 @@ impl Agent {
                 base_url,
                 api_key.as_ref(),
                 model,
-                config.llm.first_token_timeout,
+                config.llm.connect_timeout,
             )?),
             LlmProvider::Offline { token_delay } => {
                 Arc::new(offline::OfflineModel::new(*token_delay))

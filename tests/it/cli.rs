@@ -137,3 +137,44 @@ fn offline_handoff_without_studio_enqueues_and_goodbye_hangs_up() {
     );
     assert!(stdout.contains("<Hangup/>"), "{stdout}");
 }
+
+/// `relaybot serve` as a process: it logs where it listens, and on SIGTERM it drains and exits 0.
+#[cfg(unix)]
+#[test]
+fn serve_exits_cleanly_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_relaybot"))
+        .current_dir(std::env::temp_dir())
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("TWILIO_AUTH_TOKEN")
+        .env_remove("PUBLIC_URL")
+        .env("PORT", "0")
+        .env("RUST_LOG", "relaybot=info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start relaybot");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let listening = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("relaybot listening on http://"))
+        .expect("a startup line");
+    let addr = listening
+        .rsplit("http://")
+        .next()
+        .unwrap()
+        .trim()
+        .to_owned();
+    let health = std::net::TcpStream::connect(&addr);
+    assert!(health.is_ok(), "listening on {addr}");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("draining")), "{rest:?}");
+}
