@@ -471,15 +471,29 @@ fn camel_case(screaming: &str) -> String {
     out
 }
 
-struct Vars(HashMap<String, String>);
+/// The variables, and the names asked for (so a test can check every one is documented).
+struct Vars {
+    map: HashMap<String, String>,
+    asked: std::cell::RefCell<std::collections::BTreeSet<String>>,
+}
 
 impl Vars {
+    fn new(map: HashMap<String, String>) -> Self {
+        Vars {
+            map,
+            asked: Default::default(),
+        }
+    }
+
+    /// A variable's value as set, empty included.
+    fn raw(&self, var: &str) -> Option<&str> {
+        self.asked.borrow_mut().insert(var.to_owned());
+        self.map.get(var).map(String::as_str)
+    }
+
     /// A variable's value; empty counts as unset.
     fn get(&self, var: &str) -> Option<&str> {
-        self.0
-            .get(var)
-            .map(String::as_str)
-            .filter(|v| !v.trim().is_empty())
+        self.raw(var).filter(|v| !v.trim().is_empty())
     }
 
     fn parse<T: std::str::FromStr>(
@@ -535,8 +549,26 @@ impl Config {
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let vars = Vars(vars.into_iter().collect());
+        Self::from_vars_asked(vars).0
+    }
 
+    /// Every variable name the configuration reads (a documentation test keeps them in the
+    /// README and `.env.example`).
+    pub fn setting_names() -> Vec<String> {
+        let (_, asked) = Self::from_vars_asked(std::iter::empty());
+        asked
+    }
+
+    fn from_vars_asked(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> (Result<Self, ConfigError>, Vec<String>) {
+        let vars = Vars::new(vars.into_iter().collect());
+        let config = Self::read(&vars);
+        let asked = vars.asked.into_inner().into_iter().collect();
+        (config, asked)
+    }
+
+    fn read(vars: &Vars) -> Result<Self, ConfigError> {
         let host = vars.parse(
             "HOST",
             IpAddr::from([127, 0, 0, 1]),
@@ -653,7 +685,7 @@ impl Config {
         };
 
         // WELCOME_GREETING: unset → default; set but empty → no greeting.
-        let welcome_greeting = match vars.0.get("WELCOME_GREETING") {
+        let welcome_greeting = match vars.raw("WELCOME_GREETING") {
             None => Some(DEFAULT_WELCOME_GREETING.to_owned()),
             Some(v) if v.trim().is_empty() => None,
             Some(v) => Some(v.trim().to_owned()),
@@ -685,7 +717,7 @@ impl Config {
                 .get("TWILIO_AUTH_TOKEN")
                 .map(|t| SecretString::from(t.trim().to_owned())),
             api_key,
-            api_base: http_url(&vars, "TWILIO_API_BASE", DEFAULT_TWILIO_API_BASE)?,
+            api_base: http_url(vars, "TWILIO_API_BASE", DEFAULT_TWILIO_API_BASE)?,
         };
         if let Some(sid) = &twilio.account_sid {
             check_sid("TWILIO_ACCOUNT_SID", sid, "AC", "an account SID")?;
@@ -840,9 +872,8 @@ impl Config {
             llm_filler_after: vars.millis("LLM_FILLER_AFTER_MS", 1500)?,
             // Empty turns the filler off.
             llm_filler_line: vars
-                .0
-                .get("LLM_FILLER_LINE")
-                .map_or(lines::LLM_FILLER, |v| v.as_str())
+                .raw("LLM_FILLER_LINE")
+                .unwrap_or(lines::LLM_FILLER)
                 .trim()
                 .to_owned(),
             llm_failures_before_handoff: positive(
@@ -860,7 +891,7 @@ impl Config {
             reconnect_line: line("RECONNECT_LINE", lines::RECONNECT),
         };
 
-        let relay = relay_config(&vars, welcome_greeting.as_deref())?;
+        let relay = relay_config(vars, welcome_greeting.as_deref())?;
         Ok(Config {
             host,
             port,
@@ -929,7 +960,9 @@ fn relay_config(vars: &Vars, welcome: Option<&str>) -> Result<RelayConfig, Confi
         let value = if *name == "welcomeGreeting" {
             welcome.map(str::to_owned)
         } else {
-            match vars.get(var) {
+            match vars.raw(var) {
+                // Set but empty: leave the attribute out, our default included.
+                Some(v) if v.trim().is_empty() => None,
                 Some(v) => Some(check(var, v, *rule)?),
                 None => ATTRIBUTE_DEFAULTS
                     .iter()
@@ -944,7 +977,7 @@ fn relay_config(vars: &Vars, welcome: Option<&str>) -> Result<RelayConfig, Confi
     let known: Vec<&str> = ATTRIBUTES.iter().map(|(_, var, _)| *var).collect();
     let own = ["CR_LANGUAGES", "CR_PARAMETERS"];
     let mut unknown: Vec<(&String, &String)> = vars
-        .0
+        .map
         .iter()
         .filter(|(k, v)| {
             k.starts_with("CR_")
@@ -957,8 +990,24 @@ fn relay_config(vars: &Vars, welcome: Option<&str>) -> Result<RelayConfig, Confi
     let mut unknown_attributes = Vec::new();
     for (var, value) in unknown {
         let name = camel_case(&var["CR_".len()..]);
-        if name.is_empty() {
-            continue;
+        let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+            && name.chars().all(|c| c.is_ascii_alphanumeric());
+        if !valid {
+            return Err(invalid(
+                var,
+                "is not an attribute name (CR_ + letters, digits and _)",
+            ));
+        }
+        if name == "url" || ATTRIBUTES.iter().any(|(known, _, _)| *known == name) {
+            let hint = ATTRIBUTES
+                .iter()
+                .find(|(known, _, _)| *known == name)
+                .map(|(_, right, _)| format!("; set {right} instead"))
+                .unwrap_or_default();
+            return Err(invalid(
+                var,
+                format!("{name} is set by relaybot itself{hint}"),
+            ));
         }
         unknown_attributes.push(var.clone());
         attributes.push((name, value.trim().to_owned()));
@@ -1175,71 +1224,15 @@ mod tests {
         );
     }
 
-    /// Every setting the code reads is documented in `.env.example` and the README.
+    /// Every setting the code reads is documented in `.env.example` and the README (the names
+    /// come from the loader itself, so a new setting cannot be forgotten).
     #[test]
     fn every_setting_is_documented() {
         let env_example = include_str!("../.env.example");
         let readme = include_str!("../README.md");
-        let others = [
-            "TWILIO_VALIDATE_SIGNATURES",
-            "TWILIO_AUTH_TOKEN_SECONDARY",
-            "CALL_TOKEN_TTL_SECS",
-            "CALL_TOKEN_SECRET",
-            "MAX_FRAME_BYTES",
-            "MAX_PROMPT_CHARS",
-            "HISTORY_MAX_CHARS",
-            "MAX_CALL_DURATION_SECS",
-            "MAX_DURATION_LINE",
-            "IDLE_REPROMPT_MS",
-            "IDLE_REPROMPT_LINE",
-            "IDLE_END_LINE",
-            "MAX_CONCURRENT_CALLS",
-            "AT_CAPACITY_LINE",
-            "AT_CAPACITY_ACTION",
-            "DRAIN_TIMEOUT_SECS",
-            "DRAIN_LINE",
-            "LLM_FILLER_AFTER_MS",
-            "LLM_FILLER_LINE",
-            "LLM_FAILURES_BEFORE_HANDOFF",
-            "LLM_OFFER_HUMAN_LINE",
-            "RECONNECT_GRACE_SECS",
-            "MAX_RECONNECTS",
-            "RECONNECT_LINE",
-            "HOST",
-            "PORT",
-            "PUBLIC_URL",
-            "RUST_LOG",
-            "OPENAI_API_KEY",
-            "OPENAI_BASE_URL",
-            "OPENAI_MODEL",
-            "LLM_PROVIDER",
-            "SYSTEM_PROMPT_FILE",
-            "LLM_CONNECT_TIMEOUT_MS",
-            "LLM_FIRST_TOKEN_TIMEOUT_MS",
-            "LLM_STREAM_IDLE_TIMEOUT_MS",
-            "AGENT_MAX_TOOL_STEPS",
-            "LLM_ERROR_LINE",
-            "OFFLINE_TOKEN_DELAY_MS",
-            "TWILIO_ACCOUNT_SID",
-            "TWILIO_AUTH_TOKEN",
-            "TWILIO_API_KEY",
-            "TWILIO_API_SECRET",
-            "TWILIO_API_BASE",
-            "STUDIO_FLOW_URL",
-            "TWILIO_WORKFLOW_SID",
-            "HANDOFF_LINE",
-            "END_CALL_LINE",
-            "HANDOFF_UNAVAILABLE_LINE",
-            "HANDOFF_MAX_WAIT_MS",
-            "API_TOKEN",
-            "HANDOFF_RECORD_TTL_SECS",
-            "CR_LANGUAGES",
-            "CR_PARAMETERS",
-        ];
-        for var in others
-            .iter()
-            .chain(ATTRIBUTES.iter().map(|(_, var, _)| var))
-        {
+        let names = Config::setting_names();
+        assert!(names.len() > 60, "{names:?}");
+        for var in names.iter().map(String::as_str).chain(["RUST_LOG"]) {
             assert!(
                 env_example.contains(&format!("# {var}=")),
                 "{var} missing from .env.example"
@@ -1249,6 +1242,24 @@ mod tests {
                 "{var} missing from README.md"
             );
         }
+    }
+
+    #[test]
+    fn unknown_attribute_names_must_be_safe_and_new() {
+        let err = |k: &str| config(&[(k, "x")]).unwrap_err();
+        assert!(err("CR_URL").problem.contains("url"));
+        assert!(err("CR_WELCOME_GREETING")
+            .problem
+            .contains("set WELCOME_GREETING instead"));
+        assert_eq!(err("CR_1X").var, "CR_1X");
+        assert_eq!(err("CR_A<B").var, "CR_A<B");
+    }
+
+    #[test]
+    fn empty_values_drop_our_attribute_defaults() {
+        let c = config(&[("CR_EVENTS", ""), ("CR_DTMF_DETECTION", " ")]).unwrap();
+        assert_eq!(c.relay.attribute("events"), None);
+        assert_eq!(c.relay.attribute("dtmfDetection"), None);
     }
 
     #[test]

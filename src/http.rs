@@ -449,7 +449,9 @@ fn relay_twiml(
 /// - `ended` with a handoff's `HandoffData` → a human: `<Enqueue>` (`TWILIO_WORKFLOW_SID`), else
 ///   `<Redirect>` to Studio (`STUDIO_FLOW_URL`), else an apology and `<Hangup/>`.
 /// - `ended` from `end_call` (or with no data) → `<Hangup/>`.
-/// - `failed` with the call still up → a human if configured, else an apology and `<Hangup/>`.
+/// - `failed` with the call still up, after a session that ran → a fresh `<ConversationRelay>`
+///   (the socket dropped; at most `MAX_RECONNECTS` times); otherwise (or past the limit, or a
+///   session that never started) → a human if configured, else an apology and `<Hangup/>`.
 async fn connect_action(
     State(state): State<AppState>,
     method: Method,
@@ -507,8 +509,10 @@ async fn connect_action(
             }
         }
         SessionStatus::Failed
-            if state.resume.count_reconnect(&call_sid) <= state.config.limits.max_reconnects
-                && !state.draining.is_cancelled() =>
+            if !state.draining.is_cancelled()
+                && state.resume.has_saved(&call_sid)
+                && state.resume.count_reconnect(&call_sid)
+                    <= state.config.limits.max_reconnects =>
         {
             // The socket died mid-call: reconnect, and the session resumes the conversation.
             tracing::warn!(call_sid = %call_sid, "session failed mid-call; reconnecting the caller");

@@ -79,6 +79,17 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
                         _ = terminate.recv() => {}
                         _ = interrupt.recv() => {}
                     }
+                    // A second signal stops at once instead of waiting for the drain.
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = terminate.recv() => {}
+                            _ = interrupt.recv() => {}
+                        }
+                        eprintln!(
+                            "relaybot: second signal; stopping without waiting for live calls"
+                        );
+                        std::process::exit(1);
+                    });
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot listen for shutdown signals");
@@ -129,6 +140,9 @@ async fn serve(config: Config) -> Result<(), String> {
     let shutdown = shutdown_signal();
     for var in &config.relay.unknown_attributes {
         tracing::warn!(%var, "not a known ConversationRelay attribute; passing it through as written");
+    }
+    if config.relay.attribute("applicationReconnect").is_some() {
+        tracing::warn!("CR_APPLICATION_RECONNECT: Twilio's own reconnect handshake is undocumented and the single-use call token refuses a repeated upgrade; relaybot reconnects dropped calls through /action instead");
     }
     let listener = TcpListener::bind((config.host, config.port))
         .await
@@ -206,6 +220,10 @@ async fn call(config: Config, args: CallArgs) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
         let mut config = config.clone();
+        if args.say.is_empty() {
+            // Typing takes longer than speaking: don't ask "are you still there?" so soon.
+            config.limits.idle_reprompt = config.limits.idle_reprompt.max(Duration::from_secs(60));
+        }
         let default_api = config.twilio.api_base == relaybot::config::DEFAULT_TWILIO_API_BASE;
         if default_api
             && config.handoff.studio_flow_url.is_some()

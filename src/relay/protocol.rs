@@ -97,32 +97,44 @@ impl Inbound {
     }
 }
 
-/// `setup`: sent once, right after the socket opens.
+/// `setup`: sent once, right after the socket opens. Every field is optional: `null`, a number or
+/// a missing field never costs the whole message.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Setup {
     /// Conversation Relay session id (`VX…`); `SessionId` in the action callback.
+    #[serde(deserialize_with = "lenient_string")]
     pub session_id: String,
     /// Account (`AC…`).
+    #[serde(deserialize_with = "lenient_string")]
     pub account_sid: String,
     /// Parent call, may be empty.
+    #[serde(deserialize_with = "lenient_string")]
     pub parent_call_sid: String,
     /// The call (`CA…`).
+    #[serde(deserialize_with = "lenient_string")]
     pub call_sid: String,
     /// Caller: E.164 or a `client:`/`sip:` identity.
+    #[serde(deserialize_with = "lenient_string")]
     pub from: String,
     /// Called number or identity.
+    #[serde(deserialize_with = "lenient_string")]
     pub to: String,
     /// Number the call was forwarded from, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "lenient_option")]
     pub forwarded_from: Option<String>,
     /// For example `PSTN`.
+    #[serde(deserialize_with = "lenient_string")]
     pub call_type: String,
     /// Caller name (CNAM), may be empty.
+    #[serde(deserialize_with = "lenient_string")]
     pub caller_name: String,
     /// `inbound` or `outbound…` (compare case-insensitively).
+    #[serde(deserialize_with = "lenient_string")]
     pub direction: String,
     /// Free text (`RINGING`, `in-progress`, …).
+    #[serde(deserialize_with = "lenient_string")]
     pub call_status: String,
     /// The `<Parameter>` children of `<ConversationRelay>`, name → value.
     #[serde(deserialize_with = "string_map")]
@@ -134,11 +146,14 @@ pub struct Setup {
 #[serde(rename_all = "camelCase", default)]
 pub struct Prompt {
     /// The transcript.
+    #[serde(deserialize_with = "lenient_string")]
     pub voice_prompt: String,
     /// Language of the transcript (`en-US`, or a primary subtag with `multi`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "lenient_option")]
     pub lang: Option<String>,
     /// `true` when the utterance is complete; `false` for partial prompts (cumulative).
+    #[serde(deserialize_with = "lenient_last")]
     pub last: bool,
 }
 
@@ -158,6 +173,7 @@ impl Default for Prompt {
 #[serde(default)]
 pub struct Dtmf {
     /// `0-9`, `*`, `#` (possibly `A-D`).
+    #[serde(deserialize_with = "lenient_string")]
     pub digit: String,
 }
 
@@ -166,6 +182,7 @@ pub struct Dtmf {
 #[serde(rename_all = "camelCase", default)]
 pub struct Interrupt {
     /// The part of our reply the caller heard before cutting in.
+    #[serde(deserialize_with = "lenient_string")]
     pub utterance_until_interrupt: String,
     /// Milliseconds of our audio played before the interruption (number or numeric string).
     #[serde(
@@ -180,6 +197,7 @@ pub struct Interrupt {
 #[serde(default)]
 pub struct ErrorMessage {
     /// Human-readable description, for example `Invalid message received: …`.
+    #[serde(deserialize_with = "lenient_string")]
     pub description: String,
 }
 
@@ -188,6 +206,7 @@ pub struct ErrorMessage {
 #[serde(default)]
 pub struct Info {
     /// `agentSpeaking`, `clientSpeaking`, `tokensPlayed`, `roundTripDelayMs`, …
+    #[serde(deserialize_with = "lenient_string")]
     pub name: String,
     /// `"on"`/`"off"`, text, or a number.
     pub value: serde_json::Value,
@@ -408,6 +427,31 @@ fn number_or_string(value: &serde_json::Value) -> Option<u64> {
     }
 }
 
+/// A string field: `null` → empty, numbers and booleans → their text.
+fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::Bool(b) => b.to_string(),
+        other => other.to_string(),
+    })
+}
+
+/// An optional string field: `null` or empty → `None`.
+fn lenient_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Some(lenient_string(d)?).filter(|s| !s.is_empty()))
+}
+
+/// `prompt.last`: a bool, or `"true"`/`"false"`; anything else counts as final.
+fn lenient_last<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Bool(b) => b,
+        serde_json::Value::String(s) => !s.eq_ignore_ascii_case("false"),
+        _ => true,
+    })
+}
+
 fn lenient_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     let value = serde_json::Value::deserialize(d)?;
     Ok(number_or_string(&value))
@@ -416,9 +460,10 @@ fn lenient_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error>
 /// `customParameters` is documented as string → string; other JSON values are kept as their JSON
 /// text rather than failing the whole `setup`.
 fn string_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
-    let value = Option::<BTreeMap<String, serde_json::Value>>::deserialize(d)?;
+    let serde_json::Value::Object(value) = serde_json::Value::deserialize(d)? else {
+        return Ok(BTreeMap::new());
+    };
     Ok(value
-        .unwrap_or_default()
         .into_iter()
         .map(|(k, v)| {
             let v = match v {
@@ -485,9 +530,49 @@ mod tests {
             Err(InboundError::NoType)
         ));
         assert!(matches!(
-            Inbound::parse(r#"{"type":"prompt","voicePrompt":5}"#),
-            Err(InboundError::BadFields { .. })
+            Inbound::parse(r#"{"type":"prompt","voicePrompt":{"a":1},"last":[]}"#),
+            Ok(Inbound::Prompt(_))
         ));
+        assert!(matches!(
+            Inbound::parse(r#"{"type":"setup","customParameters":"nope"}"#),
+            Ok(Inbound::Setup(s)) if s.custom_parameters.is_empty()
+        ));
+    }
+
+    #[test]
+    fn nulls_and_odd_types_never_cost_a_message() {
+        let Inbound::Setup(setup) = Inbound::parse(
+            r#"{"type":"setup","callSid":"CA1","callerName":null,"parentCallSid":null,"forwardedFrom":null,"from":15551234}"#,
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (
+                setup.call_sid.as_str(),
+                setup.caller_name.as_str(),
+                setup.from.as_str()
+            ),
+            ("CA1", "", "15551234")
+        );
+        assert_eq!(setup.forwarded_from, None);
+        let Inbound::Interrupt(i) =
+            Inbound::parse(r#"{"type":"interrupt","utteranceUntilInterrupt":null}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(i.utterance_until_interrupt, "");
+        let Inbound::Dtmf(d) = Inbound::parse(r#"{"type":"dtmf","digit":5}"#).unwrap() else {
+            panic!()
+        };
+        assert_eq!(d.digit, "5");
+        let Inbound::Prompt(p) =
+            Inbound::parse(r#"{"type":"prompt","voicePrompt":"hi","last":null,"lang":null}"#)
+                .unwrap()
+        else {
+            panic!()
+        };
+        assert!(p.last);
     }
 
     #[test]

@@ -65,6 +65,15 @@ impl ResumeStore {
         entry.expires = Some(now + self.grace);
     }
 
+    /// Whether a session of `call_sid` ran and left its conversation (only such calls are
+    /// reconnected; a session that never started failed for another reason).
+    pub fn has_saved(&self, call_sid: &str) -> bool {
+        let now = Instant::now();
+        self.lock()
+            .get(call_sid)
+            .is_some_and(|e| e.saved.is_some() && e.expires.is_none_or(|t| t > now))
+    }
+
     /// Counts a reconnect of `call_sid`; returns how many there have been, this one included.
     pub fn count_reconnect(&self, call_sid: &str) -> u32 {
         let mut map = self.lock();

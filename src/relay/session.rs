@@ -441,6 +441,15 @@ impl Session {
         self.await_hearing(action, &line);
     }
 
+    /// With a call token bound, nothing is answered before the `setup` that proves the call.
+    fn awaiting_setup(&self) -> bool {
+        let waiting = self.expected_call_sid.is_some() && !self.set_up;
+        if waiting {
+            tracing::warn!("caller input before setup; ignored");
+        }
+        waiting
+    }
+
     /// Whether the session must end now (a rejected `setup`).
     pub fn rejected(&self) -> bool {
         self.rejected
@@ -554,7 +563,12 @@ impl Session {
             }
             Inbound::Prompt(prompt) => {
                 if !prompt.last {
+                    // The caller is talking: not silence.
+                    self.idle_since = None;
                     tracing::trace!("partial prompt");
+                    return;
+                }
+                if self.awaiting_setup() {
                     return;
                 }
                 let mut text = prompt.voice_prompt.trim();
@@ -584,6 +598,9 @@ impl Session {
                         .all(|c| c.is_ascii_digit() || matches!(c, '*' | '#' | 'A'..='D'));
                 if !valid {
                     tracing::warn!("skipping a dtmf frame without a single valid key");
+                    return;
+                }
+                if self.awaiting_setup() {
                     return;
                 }
                 if self.leaving() {
@@ -617,9 +634,12 @@ impl Session {
                     played_ms = interrupt.duration_until_interrupt_ms,
                     "caller interrupted"
                 );
-                if self.turn.is_some() {
+                let fresh_turn = self.turn.as_ref().is_some_and(|t| t.spoken.text.is_empty());
+                if self.turn.is_some() && !fresh_turn {
                     self.stop_turn(Stop::Interrupted(&interrupt.utterance_until_interrupt));
                 } else if let Some(spoken) = self.last_spoken.take() {
+                    // No turn is speaking (or the new one has not said a word yet): the caller
+                    // cut into the previous reply. Trim that, and let a new turn run.
                     let heard = trim_to_heard(
                         &mut self.history,
                         &spoken,
@@ -641,6 +661,10 @@ impl Session {
                     // "thanks"); there is nothing more to wait for.
                     Exit::Speaking { .. } => self.leave_now(),
                     _ => {}
+                }
+                if self.turn.is_none() {
+                    // Silence is counted from here if no prompt follows.
+                    self.idle_since = Some(Instant::now());
                 }
             }
             Inbound::Error(error) => {
@@ -664,6 +688,14 @@ impl Session {
                         } else if *heard_on || line_sent.elapsed() >= STALE_OFF {
                             self.leave_now();
                         }
+                    }
+                }
+                InfoEvent::ClientSpeaking(on) => {
+                    // A caller who is talking is not silent, barge-in or not.
+                    if on {
+                        self.idle_since = None;
+                    } else if self.turn.is_none() {
+                        self.idle_since = Some(Instant::now());
                     }
                 }
                 event => tracing::trace!(name = %info.name, ?event, "info"),
@@ -692,7 +724,8 @@ impl Session {
             pending: String::new(),
             dtmf,
         });
-        self.last_spoken = None;
+        // `last_spoken` stays until this turn speaks: an interrupt racing the new prompt still
+        // trims the reply the caller actually cut into.
         let input = TurnInput {
             id,
             call: self.call.clone(),
@@ -824,12 +857,18 @@ impl Session {
         match event {
             TurnEvent::Content(text) => {
                 turn.dtmf = None;
+                if turn.spoken.text.is_empty() {
+                    self.last_spoken = None;
+                }
                 turn.spoken.text.push_str(&text);
                 turn.pending.push_str(&text);
                 self.outbox.push(Outbound::token(text));
             }
             TurnEvent::Filler(line) => {
                 turn.dtmf = None;
+                if turn.spoken.text.is_empty() {
+                    self.last_spoken = None;
+                }
                 // Spaced on both sides so it never runs into the words around it.
                 let line = spaced(&turn.spoken.text, &line) + " ";
                 turn.spoken.text.push_str(&line);
@@ -1394,6 +1433,66 @@ mod tests {
             matches!(&out[..], [Outbound::End { handoff_data: Some(d) }] if d.contains("end-call")),
             "{out:?}"
         );
+    }
+
+    /// An interrupt that races a new prompt trims the reply the caller cut into and leaves the
+    /// new turn running.
+    #[tokio::test(start_paused = true)]
+    async fn an_interrupt_racing_a_new_prompt_keeps_the_new_turn() {
+        let (mut s, _inbox) = session(limits());
+        s.on_frame(r#"{"type":"prompt","voicePrompt":"I want a person","last":true}"#);
+        s.on_frame(r#"{"type":"interrupt","utteranceUntilInterrupt":"Hel"}"#);
+        assert!(s.turn.is_some(), "the new turn goes on");
+        assert!(
+            s.take_outbox().is_empty(),
+            "nothing to close: it has not spoken"
+        );
+        assert_eq!(
+            s.history()[1],
+            Message::Assistant {
+                content: "Hel".into(),
+                tool_calls: vec![],
+                interrupted: true
+            },
+            "the greeting is cut to what was heard"
+        );
+        assert_eq!(
+            s.history()[2],
+            Message::User {
+                content: "I want a person".into()
+            }
+        );
+    }
+
+    /// A caller who is talking (without barging in) is not asked if they are still there.
+    #[tokio::test(start_paused = true)]
+    async fn a_talking_caller_is_not_idle() {
+        let (mut s, _inbox) = session(limits());
+        s.on_frame(r#"{"type":"info","name":"clientSpeaking","value":"on"}"#);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        s.on_timer(Instant::now());
+        assert!(s.take_outbox().is_empty());
+        s.on_frame(r#"{"type":"info","name":"clientSpeaking","value":"off"}"#);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        s.on_timer(Instant::now());
+        assert_eq!(
+            s.take_outbox(),
+            vec![Outbound::last("Are you still there?")]
+        );
+    }
+
+    /// With a call token bound, input before `setup` is not answered.
+    #[tokio::test]
+    async fn nothing_is_answered_before_setup_when_a_token_is_bound() {
+        let (s, _inbox) = session(limits());
+        let (mut fresh, _inbox2) = Session::new(
+            s.deps.clone(),
+            CancellationToken::new(),
+            Span::none(),
+            Some("CA1".into()),
+        );
+        fresh.on_frame(r#"{"type":"prompt","voicePrompt":"hi","last":true}"#);
+        assert!(fresh.turn.is_none());
     }
 
     /// Caller input resets the silence clock.

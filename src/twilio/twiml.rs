@@ -274,6 +274,9 @@ impl Element {
                 start.write_text_content(text(&e.text))?;
             } else {
                 start.write_inner_content(|w| {
+                    if !e.text.is_empty() {
+                        w.write_event(Event::Text(text(&e.text)))?;
+                    }
                     for child in &e.children {
                         write(w, child)?;
                     }

@@ -568,18 +568,11 @@ async fn action_answers_for_each_status_and_configuration() {
             .len(),
         0
     );
-    for _ in 0..2 {
-        let reconnect = post(&app, "failed", "in-progress", None).await;
-        assert!(
-            reconnect.find("ConversationRelay").is_some(),
-            "a failed session is reconnected first"
-        );
-    }
     let failed = post(&app, "failed", "in-progress", None).await;
     let task: serde_json::Value = serde_json::from_str(&failed.find("Task").unwrap().text).unwrap();
     assert_eq!(
         task["from"], "+15551230000",
-        "past the reconnect limit a failed session reaches a human"
+        "a failed session that never ran reaches a human (no reconnect)"
     );
 
     let app = spawn_app_with(&[("STUDIO_FLOW_URL", FLOW)], ToolRegistry::new()).await;
@@ -604,8 +597,6 @@ async fn action_answers_for_each_status_and_configuration() {
         .text
         .contains("no one is available"));
     assert!(doc.find("Hangup").is_some());
-    let _ = post(&app, "failed", "in-progress", None).await;
-    let _ = post(&app, "failed", "in-progress", None).await;
     let _ = post(&app, "failed", "in-progress", None).await;
     let _ = post(&app, "failed", "in-progress", None).await;
     let doc = post(&app, "failed", "in-progress", None).await;

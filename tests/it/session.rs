@@ -198,7 +198,7 @@ async fn malformed_and_unknown_frames_do_not_end_the_call() {
         "[1,2,3]",
         r#"{"no":"type"}"#,
         r#"{"type":"somethingNew","x":1}"#,
-        r#"{"type":"prompt","voicePrompt":42,"last":true}"#,
+        r#"{"type":"prompt","voicePrompt":null,"last":true}"#,
         r#"{"type":"dtmf","digit":"12"}"#,
         r#"{"type":"info","name":"agentSpeaking","value":{"odd":true}}"#,
         r#"{"type":"error","description":"Invalid message received"}"#,
