@@ -244,7 +244,7 @@ pub async fn serve(
         let _ = state.local_base.set(format!("http://{addr}"));
     }
     let stop_http = CancellationToken::new();
-    let server = tokio::spawn(
+    let mut server = tokio::spawn(
         axum::serve(listener, app(state.clone()))
             .with_graceful_shutdown(stop_http.clone().cancelled_owned())
             .into_future(),
@@ -252,10 +252,14 @@ pub async fn serve(
     tokio::select! {
         () = shutdown => drain(&state).await,
         // The server only stops by itself on an I/O error.
-        result = server => return result.map_err(std::io::Error::other)?,
+        result = &mut server => return result.map_err(std::io::Error::other)?,
     }
     stop_http.cancel();
-    Ok(())
+    // Let requests in flight (a last /action) finish, within reason.
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(result) => result.map_err(std::io::Error::other)?,
+        Err(_) => Ok(()),
+    }
 }
 
 /// How long `/action` callbacks are still answered after the last call left.
