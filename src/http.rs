@@ -186,7 +186,12 @@ pub fn app(state: AppState) -> Router {
         .route("/ws", get(relay_socket))
         .route("/calls/{call_sid}/handoff", get(handoff_record))
         .route("/healthz", get(health))
-        .layer(TraceLayer::new_for_http())
+        // Spans name the path only: the WebSocket URL's query carries the call token.
+        .layer(TraceLayer::new_for_http().make_span_with(
+            |request: &axum::http::Request<axum::body::Body>| {
+                tracing::debug_span!("http", method = %request.method(), path = %request.uri().path())
+            },
+        ))
         .with_state(state)
 }
 
@@ -225,7 +230,9 @@ fn verify_webhook(
         .verifier
         .check_webhook(&url, params, header)
         .map_err(|e| {
-            tracing::warn!(error = %e, %url, "refusing a request that is not signed by Twilio");
+            // A GET webhook's query holds the caller's number: log the bare URL only.
+            let checked = url.split('?').next().unwrap_or_default();
+            tracing::warn!(error = %e, url = %checked, "refusing a request that is not signed by Twilio");
             Forbidden
         })
 }
@@ -625,7 +632,9 @@ async fn relay_socket(
         Ok(Some(variant)) => tracing::debug!(?variant, "websocket signature verified"),
         Ok(None) => {}
         Err(e) => {
-            tracing::warn!(error = %e, %url, "refusing a websocket upgrade that is not signed by Twilio");
+            // The query holds the call token: log the bare URL only.
+            let checked = url.split('?').next().unwrap_or_default();
+            tracing::warn!(error = %e, url = %checked, "refusing a websocket upgrade that is not signed by Twilio");
             return (StatusCode::FORBIDDEN, "invalid Twilio signature").into_response();
         }
     }
