@@ -7,6 +7,7 @@ mod helpers;
 
 mod cli;
 mod handoff;
+mod privacy;
 mod reliability;
 mod session;
 mod soak;
