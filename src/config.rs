@@ -202,7 +202,7 @@ pub struct LimitsConfig {
     /// always kept, the oldest turns are dropped first.
     pub history_max_chars: usize,
     /// `MAX_CALL_DURATION_SECS` (default 3600): then the caller hears `MAX_DURATION_LINE` and the
-    /// call ends (or goes to a human when one is configured).
+    /// call ends.
     pub max_call_duration: Duration,
     /// `MAX_DURATION_LINE`.
     pub max_duration_line: String,
@@ -231,6 +231,9 @@ pub struct LimitsConfig {
     pub llm_filler_after: Duration,
     /// `LLM_FILLER_LINE`.
     pub llm_filler_line: String,
+    /// `TOOL_TIMEOUT_MS` (default 10000 ms): longest a tool may run; the model is then told it
+    /// did not answer.
+    pub tool_timeout: Duration,
     /// `LLM_FAILURES_BEFORE_HANDOFF` (default 2): consecutive failed turns after which the
     /// caller is handed to a human (when one is configured; before that they are offered one).
     pub llm_failures_before_handoff: u32,
@@ -876,6 +879,7 @@ impl Config {
                 .unwrap_or(lines::LLM_FILLER)
                 .trim()
                 .to_owned(),
+            tool_timeout: vars.millis("TOOL_TIMEOUT_MS", 10_000)?,
             llm_failures_before_handoff: positive(
                 "LLM_FAILURES_BEFORE_HANDOFF",
                 2,

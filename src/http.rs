@@ -277,14 +277,20 @@ async fn drain(state: &AppState) {
     state.draining.cancel();
     let limits = &state.config.limits;
     let tracker = &state.tracker;
-    let live = tracker.len();
+    let live = tracker.len() + state.call_tokens.pending();
     tracing::info!(
         live,
         timeout_secs = limits.drain_timeout.as_secs(),
         "draining: new calls are turned away; live calls may finish"
     );
+    let deadline = tokio::time::Instant::now() + limits.drain_timeout;
+    // Callers who got their TwiML just before the signal still connect: wait for their tokens
+    // to be redeemed (or to expire), within the drain time.
+    while state.call_tokens.pending() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     tracker.close();
-    if tokio::time::timeout(limits.drain_timeout, tracker.wait())
+    if tokio::time::timeout_at(deadline, tracker.wait())
         .await
         .is_err()
     {

@@ -144,6 +144,8 @@ pub struct CallTokens {
     key: SecretString,
     ttl: Duration,
     used: Mutex<HashMap<String, Instant>>,
+    /// Minted and not yet redeemed: callers who have their TwiML but have not connected yet.
+    pending: Mutex<HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for CallTokens {
@@ -171,6 +173,7 @@ impl CallTokens {
             key,
             ttl,
             used: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
         }
     }
 
@@ -183,7 +186,28 @@ impl CallTokens {
 
     /// A token for `call_sid`: `CallSid.expiryMs.signature` (URL-safe characters only).
     pub fn mint(&self, call_sid: &str) -> String {
-        self.mint_expiring_at(call_sid, now_ms() + self.ttl.as_millis() as u64)
+        let expires = now_ms() + self.ttl.as_millis() as u64;
+        let token = self.mint_expiring_at(call_sid, expires);
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = now_ms();
+        pending.retain(|_, until| *until > now);
+        pending.insert(token.clone(), expires);
+        token
+    }
+
+    /// Tokens minted and neither redeemed nor expired: calls about to connect (a drain waits for
+    /// them).
+    pub fn pending(&self) -> usize {
+        let now = now_ms();
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        pending.retain(|_, until| *until > now);
+        pending.len()
     }
 
     /// A token for `call_sid` that expires at `expires_ms` (ms since the Unix epoch).
@@ -204,6 +228,10 @@ impl CallTokens {
         let token = token
             .filter(|t| !t.is_empty())
             .ok_or(CallTokenError::Missing)?;
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(token);
         let mut parts = token.splitn(3, '.');
         let (Some(call_sid), Some(expires), Some(mac)) = (parts.next(), parts.next(), parts.next())
         else {
@@ -300,10 +328,12 @@ mod tests {
     fn call_tokens_are_bound_single_use_and_expire() {
         let tokens = CallTokens::new(None, Duration::from_secs(60));
         let t = tokens.mint("CA123");
+        assert_eq!(tokens.pending(), 1, "a caller about to connect");
         assert!(t
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)));
         assert_eq!(tokens.redeem(Some(&t)), Ok("CA123".into()));
+        assert_eq!(tokens.pending(), 0);
         assert_eq!(tokens.redeem(Some(&t)), Err(CallTokenError::Replayed));
         assert_eq!(tokens.redeem(None), Err(CallTokenError::Missing));
         assert_eq!(tokens.redeem(Some("CA1.1.x")), Err(CallTokenError::Invalid));

@@ -192,6 +192,9 @@ pub enum LlmError {
     /// The model kept calling tools past the step limit.
     #[error("model called tools for {0} steps without answering")]
     TooManySteps(usize),
+    /// The turn itself broke (a bug: a panic in the turn task).
+    #[error("the turn failed: {0}")]
+    Internal(String),
 }
 
 impl LlmError {
@@ -228,6 +231,8 @@ pub struct Agent {
     pub max_tool_steps: usize,
     /// With no first token after this long, this line is spoken while waiting on (once a turn).
     pub filler: Option<(Duration, String)>,
+    /// Longest a tool may run; then the model is told it did not answer.
+    pub tool_timeout: Duration,
 }
 
 impl Agent {
@@ -263,6 +268,7 @@ impl Agent {
                 config.limits.llm_filler_line.clone(),
             ))
             .filter(|(_, line)| !line.is_empty()),
+            tool_timeout: config.limits.tool_timeout,
         })
     }
 }

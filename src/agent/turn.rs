@@ -8,7 +8,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::{sync::mpsc, time::Instant};
 
 use super::{
@@ -323,14 +323,24 @@ async fn run_tool(
         }
     };
     let started = Instant::now();
-    let result = tool
-        .call(ToolInput {
-            arguments,
-            call: context.clone(),
-            turn,
-            control,
-        })
-        .await;
+    let running = std::panic::AssertUnwindSafe(tool.call(ToolInput {
+        arguments,
+        call: context.clone(),
+        turn,
+        control,
+    }))
+    .catch_unwind();
+    let result = match tokio::time::timeout(agent.tool_timeout, running).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_panic)) => {
+            tracing::error!(tool = %call.name, "tool panicked");
+            Err("the tool failed; tell the caller you could not do it".into())
+        }
+        Err(_) => {
+            tracing::warn!(tool = %call.name, timeout_ms = agent.tool_timeout.as_millis() as u64, "tool timed out");
+            Err("the tool did not answer in time; tell the caller you could not do it".into())
+        }
+    };
     tracing::info!(tool = %call.name, ok = result.is_ok(), elapsed_ms = started.elapsed().as_millis() as u64, "tool ran");
     result
 }
@@ -374,6 +384,7 @@ mod tests {
             idle_timeout: Duration::from_millis(5000),
             max_tool_steps: 3,
             filler: None,
+            tool_timeout: Duration::from_secs(10),
         })
     }
 

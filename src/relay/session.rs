@@ -24,7 +24,7 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::extract::ws::{Message as WsMessage, WebSocket};
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{field, Instrument, Span};
@@ -35,7 +35,7 @@ use crate::{
         control::{CallControl, ControlMessage, ControlRequest},
         mask_number,
         turn::{run_turn, TurnEvent, TurnId, TurnInput},
-        Agent, CallContext, Message,
+        Agent, CallContext, LlmError, Message,
     },
     config::LimitsConfig,
     handoff::{
@@ -175,8 +175,16 @@ enum Stop<'a> {
 /// How the call leaves Conversation Relay.
 #[derive(Debug, Clone, PartialEq)]
 enum ExitAction {
-    Handoff { reason: String, summary: String },
-    EndCall { reason: String },
+    Handoff {
+        reason: String,
+        summary: String,
+    },
+    /// `by_caller_choice`: the model's `end_call`, which a caller who talks over the goodbye
+    /// cancels. Ends imposed by limits (silence, call length, shutdown) are not cancellable.
+    EndCall {
+        reason: String,
+        by_caller_choice: bool,
+    },
 }
 
 /// Where the call is on its way out.
@@ -235,7 +243,20 @@ pub struct Session {
     call_deadline: Option<Instant>,
     /// Model failures in a row.
     failures: u32,
+    /// When the session started (a `setup` must come soon after).
+    created: Instant,
+    /// When the call left Conversation Relay (`end` sent, or moved by the Calls API).
+    left_at: Option<Instant>,
+    /// The session is over on our side: close the socket.
+    finished: bool,
 }
+
+/// How long an upgraded socket may go without `setup`.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long after `end` we wait for Twilio to close the socket before closing it ourselves.
+const CLOSE_AFTER_END: Duration = Duration::from_secs(10);
+/// The same after asking the Calls API to move the call (its retries included).
+const CLOSE_AFTER_MOVE: Duration = Duration::from_secs(30);
 
 /// What a timer is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,6 +267,10 @@ enum Timer {
     Idle,
     /// Call length.
     Duration,
+    /// No `setup` in time.
+    Setup,
+    /// The call left; Twilio should have closed the socket by now.
+    Close,
 }
 
 /// The channels a session's loop reads besides the socket.
@@ -294,6 +319,9 @@ impl Session {
             reprompted: false,
             call_deadline: None,
             failures: 0,
+            created: Instant::now(),
+            left_at: None,
+            finished: false,
         };
         (
             session,
@@ -341,9 +369,16 @@ impl Session {
             .call_deadline
             .filter(|_| !self.leaving())
             .map(|d| (d, Timer::Duration));
-        [exit, idle, duration]
+        let setup = (!self.set_up).then(|| (self.created + SETUP_TIMEOUT, Timer::Setup));
+        let close = match (&self.exit, self.left_at) {
+            (Exit::Moving { .. }, Some(at)) => Some((at + CLOSE_AFTER_MOVE, Timer::Close)),
+            (Exit::Gone, Some(at)) => Some((at + CLOSE_AFTER_END, Timer::Close)),
+            _ => None,
+        };
+        [exit, idle, duration, setup, close]
             .into_iter()
             .flatten()
+            .filter(|_| !self.finished)
             .min_by_key(|(at, _)| *at)
     }
 
@@ -374,9 +409,20 @@ impl Session {
                     self.leave_with(
                         ExitAction::EndCall {
                             reason: "The caller stayed silent.".into(),
+                            by_caller_choice: false,
                         },
                         line,
                     );
+                }
+                Timer::Setup => {
+                    tracing::warn!("no setup within {SETUP_TIMEOUT:?}; closing");
+                    self.finished = true;
+                }
+                Timer::Close => {
+                    tracing::info!(
+                        "the call left Conversation Relay but the socket is still open; closing it"
+                    );
+                    self.finished = true;
                 }
                 Timer::Duration => {
                     tracing::info!("call reached MAX_CALL_DURATION_SECS; ending it");
@@ -384,6 +430,7 @@ impl Session {
                     self.leave_with(
                         ExitAction::EndCall {
                             reason: "The call reached its time limit.".into(),
+                            by_caller_choice: false,
                         },
                         line,
                     );
@@ -410,6 +457,7 @@ impl Session {
             self.leave_with(
                 ExitAction::EndCall {
                     reason: "The voice agent is restarting.".into(),
+                    by_caller_choice: false,
                 },
                 line,
             );
@@ -448,6 +496,11 @@ impl Session {
             tracing::warn!("caller input before setup; ignored");
         }
         waiting
+    }
+
+    /// Whether the session is over on our side and the socket should be closed.
+    pub fn finished(&self) -> bool {
+        self.finished
     }
 
     /// Whether the session must end now (a rejected `setup`).
@@ -560,6 +613,10 @@ impl Session {
                     });
                     self.history.push(Message::assistant(greeting));
                 }
+                // From now on a dropped socket is reconnected to this conversation.
+                if let Some((call_sid, saved)) = self.saved() {
+                    self.deps.resume.save(&call_sid, saved);
+                }
             }
             Inbound::Prompt(prompt) => {
                 if !prompt.last {
@@ -651,14 +708,19 @@ impl Session {
                     // The caller talked over the goodbye: they are still there and want
                     // something, so the call stays up and their words are answered.
                     Exit::Speaking {
-                        action: ExitAction::EndCall { .. },
+                        action:
+                            ExitAction::EndCall {
+                                by_caller_choice: true,
+                                ..
+                            },
                         ..
                     } => {
                         tracing::info!("caller spoke over the goodbye; staying on the line");
                         self.exit = Exit::Staying;
                     }
                     // A transfer the caller asked for goes ahead (they are most likely saying
-                    // "thanks"); there is nothing more to wait for.
+                    // "thanks"), and so does an end imposed by a limit; there is nothing more to
+                    // wait for.
                     Exit::Speaking { .. } => self.leave_now(),
                     _ => {}
                 }
@@ -711,9 +773,9 @@ impl Session {
         self.next_turn += 1;
         self.idle_since = None;
         self.reprompted = false;
-        self.trim_history();
-        let start = self.history.len();
         self.history.push(Message::User { content: user_text });
+        self.trim_history();
+        let start = self.history.len() - 1;
         let cancel = self.cancel.child_token();
         self.turn = Some(ActiveTurn {
             id,
@@ -736,16 +798,24 @@ impl Session {
         let events = self.events_tx.clone();
         self.deps.tracker.spawn(
             async move {
+                let turn = std::panic::AssertUnwindSafe(run_turn(agent, input, events.clone()))
+                    .catch_unwind();
                 tokio::select! {
                     () = cancel.cancelled() => {}
-                    () = run_turn(agent, input, events) => {}
+                    outcome = turn => if outcome.is_err() {
+                        // A bug must not leave the caller in silence: the session apologises.
+                        tracing::error!(turn = id, "turn task panicked");
+                        let failed = TurnEvent::Failed(LlmError::Internal("panic".into()));
+                        let _ = events.send((id, failed)).await;
+                    },
                 }
             }
             .instrument(self.span.clone()),
         );
     }
 
-    /// Keeps the history within `HISTORY_MAX_CHARS`: the system prompt always stays; whole turns
+    /// Keeps the history within `HISTORY_MAX_CHARS` (counting the caller's new message, which
+    /// always stays): the system prompt always stays; whole turns
     /// (a caller message and everything after it up to the next one) go, oldest first, so tool
     /// calls are never separated from their results.
     fn trim_history(&mut self) {
@@ -770,8 +840,9 @@ impl Session {
             return;
         }
         let keep_from = 1; // the system prompt
+        let newest = self.history.len() - 1; // the caller's new message always stays
         let mut cut = keep_from;
-        while total > budget && cut < self.history.len() {
+        while total > budget && cut < newest {
             // Drop up to (not including) the next caller message after `cut`.
             let mut end = cut + 1;
             while end < self.history.len() && !matches!(self.history[end], Message::User { .. }) {
@@ -1002,8 +1073,9 @@ impl Session {
         let Exit::Speaking { action, .. } = std::mem::replace(&mut self.exit, Exit::Gone) else {
             return;
         };
+        self.left_at = Some(Instant::now());
         match action {
-            ExitAction::EndCall { reason } => {
+            ExitAction::EndCall { reason, .. } => {
                 tracing::info!(%reason, "ending the call");
                 let data = self.handoff_data(REASON_END_CALL, &reason, "");
                 self.outbox.push(Outbound::End {
@@ -1054,6 +1126,7 @@ impl Session {
     }
 
     fn send_end(&mut self, data: &HandoffData) {
+        self.left_at = Some(Instant::now());
         self.outbox.push(Outbound::End {
             handoff_data: Some(data.to_compact_json()),
         });
@@ -1125,7 +1198,10 @@ impl Session {
                 ControlRequest::EndCall { reason } => {
                     self.exit = Exit::Pending {
                         turn,
-                        action: ExitAction::EndCall { reason },
+                        action: ExitAction::EndCall {
+                            reason,
+                            by_caller_choice: true,
+                        },
                     };
                     Ok("The call will end after a goodbye message spoken for you.".to_owned())
                 }
@@ -1293,6 +1369,7 @@ pub async fn run(
                 let _ = sink.send(WsMessage::Close(Some(close))).await;
                 break;
             }
+            let finished = session.finished();
             for message in session.take_outbox() {
                 match message.to_frame() {
                     Ok(frame) => {
@@ -1305,6 +1382,9 @@ pub async fn run(
                         tracing::error!(error = %e, ?message, "not sending an invalid message")
                     }
                 }
+            }
+            if finished {
+                break;
             }
         }
         session.close();
@@ -1366,6 +1446,7 @@ mod tests {
             idle_timeout: Duration::from_secs(5),
             max_tool_steps: 3,
             filler: None,
+            tool_timeout: Duration::from_secs(10),
         };
         let deps = SessionDeps {
             agent: Arc::new(agent),
@@ -1493,6 +1574,58 @@ mod tests {
         );
         fresh.on_frame(r#"{"type":"prompt","voicePrompt":"hi","last":true}"#);
         assert!(fresh.turn.is_none());
+    }
+
+    /// Talking over a goodbye imposed by a limit does not cancel it (only the model's own
+    /// `end_call` yields to the caller).
+    #[tokio::test(start_paused = true)]
+    async fn limit_goodbyes_are_not_cancelled_by_a_barge_in() {
+        let mut l = limits();
+        l.max_call_duration = Duration::from_secs(60);
+        l.idle_reprompt = Duration::from_secs(3600);
+        let (mut s, _inbox) = session(l);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        s.on_timer(Instant::now());
+        assert_eq!(s.take_outbox(), vec![Outbound::last("Time is up.")]);
+        s.on_frame(r#"{"type":"interrupt","utteranceUntilInterrupt":"Time"}"#);
+        let out = s.take_outbox();
+        assert!(matches!(&out[..], [Outbound::End { .. }]), "{out:?}");
+    }
+
+    /// A socket that never sends `setup` is closed; after `end` (or a Calls API move) a socket
+    /// Twilio leaves open is closed too.
+    #[tokio::test(start_paused = true)]
+    async fn sockets_without_setup_or_after_leaving_are_closed() {
+        let (s, _inbox) = session(limits());
+        let (mut idle, _inbox2) =
+            Session::new(s.deps.clone(), CancellationToken::new(), Span::none(), None);
+        tokio::time::advance(SETUP_TIMEOUT).await;
+        idle.on_timer(Instant::now());
+        assert!(idle.finished());
+
+        let mut l = limits();
+        l.max_call_duration = Duration::from_secs(1);
+        let (mut s, _inbox) = session(l);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        s.on_timer(Instant::now());
+        s.on_message(speaking(true));
+        s.on_message(speaking(false));
+        assert!(matches!(&s.take_outbox()[..], [_, Outbound::End { .. }]));
+        assert!(!s.finished());
+        tokio::time::advance(CLOSE_AFTER_END).await;
+        s.on_timer(Instant::now());
+        assert!(s.finished(), "Twilio did not close the socket; we do");
+    }
+
+    /// A model that keeps failing, with no human configured: each failure is an apology, the
+    /// call is never left in silence.
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_turn_still_gets_an_apology() {
+        let (mut s, _inbox) = session(limits());
+        s.on_frame(r#"{"type":"prompt","voicePrompt":"hi","last":true}"#);
+        let id = s.turn.as_ref().unwrap().id;
+        s.on_turn_event(id, TurnEvent::Failed(LlmError::Internal("panic".into())));
+        assert_eq!(s.take_outbox(), vec![Outbound::last("Sorry.")]);
     }
 
     /// Caller input resets the silence clock.

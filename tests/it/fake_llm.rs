@@ -172,6 +172,11 @@ impl FakeLlm {
         self.scripts.lock().unwrap().push_back(script);
     }
 
+    /// A request already received and not yet taken, if any.
+    pub fn next_request_now(&mut self) -> Option<Value> {
+        self.requests.try_recv().ok()
+    }
+
     /// The next request body the fake received.
     pub async fn next_request(&mut self) -> Value {
         tokio::time::timeout(Duration::from_secs(10), self.requests.recv())

@@ -382,28 +382,33 @@ async fn a_dropped_call_reconnects_and_resumes_the_conversation() {
     );
 }
 
-/// Oversized frames are logged and dropped; the call goes on.
+/// Oversized frames are logged and dropped (never parsed, never answered); the call goes on.
 #[tokio::test]
 async fn oversized_frames_are_dropped_and_the_call_goes_on() {
-    let app = spawn_app_with(&[("MAX_FRAME_BYTES", "1024")], ToolRegistry::new()).await;
+    let mut app = spawn_app_with(&[("MAX_FRAME_BYTES", "1024")], ToolRegistry::new()).await;
     let mut caller = app.dial().await;
     let huge = format!(
-        r#"{{"type":"prompt","voicePrompt":"{}","last":true}}"#,
+        r#"{{"type":"prompt","voicePrompt":"HUGE {}","last":true}}"#,
         "a".repeat(100_000)
     );
     caller.send_raw(&huge).await.unwrap();
     caller.say("hello").await.unwrap();
-    let answer = reply(&mut caller).await;
-    assert_eq!(answer.text, "OK.", "only the normal prompt was answered");
+    assert_eq!(reply(&mut caller).await.text, "OK.");
+    let first = app.llm.next_request().await;
+    assert_eq!(
+        messages(&first).last().unwrap()["content"],
+        "hello",
+        "the oversized prompt never reached the model"
+    );
 }
 
 /// Long prompts are cut to MAX_PROMPT_CHARS; the history sent to the model stays within
-/// HISTORY_MAX_CHARS with the system prompt always first.
+/// HISTORY_MAX_CHARS (system prompt and the new message included) by dropping the oldest turns.
 #[tokio::test]
 async fn prompts_and_history_are_bounded() {
     let mut app = spawn_app_with(
         &[
-            ("MAX_PROMPT_CHARS", "10"),
+            ("MAX_PROMPT_CHARS", "300"),
             ("HISTORY_MAX_CHARS", "3000"),
             ("WELCOME_GREETING", ""),
         ],
@@ -411,29 +416,59 @@ async fn prompts_and_history_are_bounded() {
     )
     .await;
     let mut caller = app.dial().await;
-    caller.say("0123456789 and more").await.unwrap();
+    caller.say(&"z".repeat(1000)).await.unwrap();
     reply(&mut caller).await;
     let first = app.llm.next_request().await;
-    assert_eq!(messages(&first).last().unwrap()["content"], "0123456789");
-    for i in 0..40 {
+    assert_eq!(
+        messages(&first).last().unwrap()["content"]
+            .as_str()
+            .unwrap()
+            .len(),
+        300,
+        "cut"
+    );
+    let system = messages(&first)[0]["content"].as_str().unwrap().len();
+    for i in 0..30 {
         caller
-            .say(&format!("line {i} {}", "x".repeat(200)))
+            .say(&format!("line {i:02} {}", "x".repeat(200)))
             .await
             .unwrap();
         reply(&mut caller).await;
         let request = app.llm.next_request().await;
         let all = messages(&request);
         assert_eq!(all[0]["role"], "system");
-        let size: usize = all[1..]
+        assert!(all.last().unwrap()["content"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("line {i:02}")));
+        let size: usize = all
             .iter()
             .map(|m| m["content"].as_str().unwrap_or_default().len())
             .sum();
-        assert!(size <= 3000, "turn {i}: {size} characters");
-        assert_eq!(
-            all.last().unwrap()["content"].as_str().unwrap().len(),
-            10.min(all.last().unwrap()["content"].as_str().unwrap().len())
+        assert!(
+            size <= 3000.max(system + 300),
+            "turn {i}: {size} characters"
         );
     }
+    let last = app.llm.next_request_now();
+    assert!(last.is_none());
+    let final_request = {
+        caller.say("final").await.unwrap();
+        reply(&mut caller).await;
+        app.llm.next_request().await
+    };
+    let texts: Vec<&str> = messages(&final_request)
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert!(
+        !texts.iter().any(|t| t.starts_with("line 00")),
+        "the oldest turns were dropped"
+    );
+    assert!(
+        texts.iter().any(|t| t.starts_with("line 29")),
+        "recent turns kept"
+    );
 }
 
 /// At MAX_CONCURRENT_CALLS new calls still get TwiML that serves them (a line, then a human or
@@ -550,4 +585,48 @@ async fn drain_timeout_ends_live_calls_with_a_line() {
 #[test]
 fn simulator_sids_are_distinct() {
     assert_ne!(new_sid("CA"), new_sid("CA"));
+}
+
+/// A caller who got their TwiML just before the shutdown signal still connects and is served.
+#[tokio::test]
+async fn a_caller_with_twiml_still_connects_during_the_drain() {
+    let app = spawn_app_with(&[], ToolRegistry::new()).await;
+    let body = reqwest::Client::new()
+        .post(format!("{}/twiml", app.base_url))
+        .form(&[("CallSid", "CAlate"), ("From", "+1555")])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    app.server.shutdown.cancel();
+    let mut caller = Caller::connect(
+        &app.base_url,
+        &body,
+        "CAlate".into(),
+        DialOptions::default(),
+    )
+    .await
+    .expect("the listener stays up for callers about to connect");
+    caller.say("hi").await.unwrap();
+    assert_eq!(reply(&mut caller).await.text, "OK.");
+}
+
+/// A socket that drops before the caller said anything is reconnected too (the session ran).
+#[tokio::test]
+async fn a_call_dropped_before_any_turn_is_reconnected() {
+    let app = spawn_app_with(&[], ToolRegistry::new()).await;
+    let caller = app.dial().await;
+    let doc = caller
+        .post_action("failed", "in-progress", &[])
+        .await
+        .unwrap();
+    assert!(
+        twiml::parse(&doc)
+            .unwrap()
+            .find("ConversationRelay")
+            .is_some(),
+        "{doc}"
+    );
 }

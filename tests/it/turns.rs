@@ -149,6 +149,64 @@ async fn unknown_tools_and_bad_arguments_are_reported_to_the_model() {
         .contains("not a valid JSON object"));
 }
 
+/// A tool that panics, and one that hangs past TOOL_TIMEOUT_MS: the model is told, answers, and
+/// the caller hears it; nothing is left hanging.
+#[tokio::test]
+async fn broken_and_hanging_tools_are_reported_to_the_model() {
+    let mut tools = ToolRegistry::new();
+    tools
+        .register(Tool::new(
+            "explode",
+            "d",
+            json!({"type":"object"}),
+            |_| async { panic!("tool bug") },
+        ))
+        .unwrap();
+    tools
+        .register(Tool::new(
+            "hang",
+            "d",
+            json!({"type":"object"}),
+            |_| async {
+                std::future::pending::<()>().await;
+                Ok(String::new())
+            },
+        ))
+        .unwrap();
+    let mut app = spawn_app_with(&[("TOOL_TIMEOUT_MS", "200")], tools).await;
+    app.llm.push(Script::Stream(vec![
+        Chunk::CallStart {
+            index: 0,
+            id: "a",
+            name: "explode",
+            args: "{}",
+        },
+        Chunk::CallStart {
+            index: 1,
+            id: "b",
+            name: "hang",
+            args: "{}",
+        },
+        Chunk::Finish("tool_calls"),
+    ]));
+    app.llm.push(Script::text(&["Sorry, I could not do that."]));
+    let mut caller = app.dial().await;
+    caller.say("do both").await.unwrap();
+    assert_eq!(reply(&mut caller).await.text, "Sorry, I could not do that.");
+    let _ = app.llm.next_request().await;
+    let second = app.llm.next_request().await;
+    let messages = messages(&second);
+    let n = messages.len();
+    assert!(messages[n - 2]["content"]
+        .as_str()
+        .unwrap()
+        .contains("the tool failed"));
+    assert!(messages[n - 1]["content"]
+        .as_str()
+        .unwrap()
+        .contains("did not answer in time"));
+}
+
 const APOLOGY: &str = relaybot::config::DEFAULT_ERROR_LINE;
 
 /// A model server error, twice (the turn retries once): the caller hears an apology and the turn
