@@ -237,6 +237,34 @@ fn verify_webhook(
         })
 }
 
+/// A Twilio webhook's form parameters, read (body for POST, query for GET) and checked against
+/// `X-Twilio-Signature` before the handler runs: 400 for a malformed form, 403 for a bad
+/// signature.
+struct SignedForm(Vec<(String, String)>);
+
+impl axum::extract::FromRequest<AppState> for SignedForm {
+    type Rejection = Response;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let method = request.method().clone();
+        let uri = request.uri().clone();
+        let headers = request.headers().clone();
+        let RawForm(form) = RawForm::from_request(request, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let params = parse_form(&form).map_err(|e| {
+            tracing::warn!(error = %e, path = uri.path(), "webhook with a malformed form");
+            (StatusCode::BAD_REQUEST, e).into_response()
+        })?;
+        verify_webhook(state, &method, &uri, &headers, &params)
+            .map_err(IntoResponse::into_response)?;
+        Ok(SignedForm(params))
+    }
+}
+
 /// Serves `app(state)` on `listener` until `shutdown` resolves, then drains (see the module
 /// docs) and returns.
 ///
@@ -363,21 +391,10 @@ fn websocket_base(base: &str) -> String {
 /// `POST /twiml`: answers an incoming call with `<Connect><ConversationRelay>`.
 async fn voice_webhook(
     State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
-    RawForm(form): RawForm,
+    SignedForm(params): SignedForm,
 ) -> Response {
-    let hook = match parse_form(&form) {
-        Ok(params) => VoiceWebhook::from_params(params),
-        Err(e) => {
-            tracing::warn!(error = %e, "voice webhook with a malformed form");
-            return (StatusCode::BAD_REQUEST, e).into_response();
-        }
-    };
-    if let Err(refused) = verify_webhook(&state, &method, &uri, &headers, &hook.params) {
-        return refused.into_response();
-    }
+    let hook = VoiceWebhook::from_params(params);
     let call_sid = hook.call_sid.clone().unwrap_or_default();
     if state.draining.is_cancelled() || state.call_slots.available_permits() == 0 {
         let why = if state.draining.is_cancelled() {
@@ -471,21 +488,10 @@ fn relay_twiml(
 ///   session that never started) → a human if configured, else an apology and `<Hangup/>`.
 async fn connect_action(
     State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
-    RawForm(form): RawForm,
+    SignedForm(params): SignedForm,
 ) -> Response {
-    let callback = match parse_form(&form) {
-        Ok(params) => ActionCallback::from_params(params),
-        Err(e) => {
-            tracing::warn!(error = %e, "action callback with a malformed form");
-            return (StatusCode::BAD_REQUEST, e).into_response();
-        }
-    };
-    if let Err(refused) = verify_webhook(&state, &method, &uri, &headers, &callback.params) {
-        return refused.into_response();
-    }
+    let callback = ActionCallback::from_params(params);
     let call_sid = callback.call_sid.clone().unwrap_or_default();
     tracing::info!(
         call_sid = %call_sid,
