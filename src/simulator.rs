@@ -715,7 +715,8 @@ pub async fn run_call(mut command: CallCommand) -> Result<(), SimError> {
             if !perform(&mut caller, &mut printer, line).await? {
                 break;
             }
-            if matches!(action(line), Action::Help) {
+            // Help and barge-in get no reply of their own to wait for.
+            if matches!(action(line), Action::Help | Action::Interrupt) {
                 continue;
             }
             // Wait for the reply to this line to finish (or for the call to leave).

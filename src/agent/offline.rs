@@ -162,7 +162,12 @@ fn summary(messages: &[Message]) -> String {
     let said: Vec<&str> = messages
         .iter()
         .filter_map(|m| match m {
-            Message::User { content } if !content.trim().is_empty() => Some(content.trim()),
+            // Keypresses may be account numbers or PINs: they stay out of the summary.
+            Message::User { content }
+                if !content.trim().is_empty() && !content.starts_with("The caller pressed") =>
+            {
+                Some(content.trim())
+            }
             _ => None,
         })
         .collect();
