@@ -221,7 +221,8 @@ pub struct LimitsConfig {
     /// `AT_CAPACITY_ACTION`: `handoff` (default; falls back to hang-up without a human) or
     /// `hangup`.
     pub at_capacity_handoff: bool,
-    /// `DRAIN_TIMEOUT_SECS` (default 600): after a shutdown signal, how long live calls may go on
+    /// `DRAIN_TIMEOUT` (default 600 s; `90`, `90s` or `10m`): after a shutdown signal, how long
+    /// live calls may go on
     /// before they are handed to a human (or ended with `DRAIN_LINE`).
     pub drain_timeout: Duration,
     /// `DRAIN_LINE`: spoken to calls still live when the drain time is up.
@@ -866,11 +867,7 @@ impl Config {
             max_concurrent_calls: positive("MAX_CONCURRENT_CALLS", 200, "a whole number")? as usize,
             at_capacity_line: line("AT_CAPACITY_LINE", lines::AT_CAPACITY),
             at_capacity_handoff,
-            drain_timeout: Duration::from_secs(vars.parse(
-                "DRAIN_TIMEOUT_SECS",
-                600u64,
-                "a whole number of seconds",
-            )?),
+            drain_timeout: drain_timeout(vars)?,
             drain_line: line("DRAIN_LINE", lines::DRAIN),
             llm_filler_after: vars.millis("LLM_FILLER_AFTER_MS", 1500)?,
             // Empty turns the filler off.
@@ -927,6 +924,28 @@ impl Config {
             }
         }
     }
+}
+
+/// `DRAIN_TIMEOUT`: seconds, or a number with `s` or `m`.
+fn drain_timeout(vars: &Vars) -> Result<Duration, ConfigError> {
+    let Some(v) = vars.get("DRAIN_TIMEOUT") else {
+        return Ok(Duration::from_secs(600));
+    };
+    let v = v.trim();
+    let (number, unit) = match v.strip_suffix('m') {
+        Some(n) => (n, 60),
+        None => (v.strip_suffix('s').unwrap_or(v), 1),
+    };
+    number
+        .trim()
+        .parse::<u64>()
+        .map(|n| Duration::from_secs(n * unit))
+        .map_err(|_| {
+            invalid(
+                "DRAIN_TIMEOUT",
+                format!("{v:?} is not a time such as 600, 90s or 10m"),
+            )
+        })
 }
 
 /// `prefix` + 32 hexadecimal characters.
@@ -1203,6 +1222,18 @@ mod tests {
             config(&[("AT_CAPACITY_ACTION", "panic")]).unwrap_err().var,
             "AT_CAPACITY_ACTION"
         );
+        assert_eq!(
+            config(&[("DRAIN_TIMEOUT", "soon")]).unwrap_err().var,
+            "DRAIN_TIMEOUT"
+        );
+        let drain = |v: &str| {
+            config(&[("DRAIN_TIMEOUT", v)])
+                .unwrap()
+                .limits
+                .drain_timeout
+                .as_secs()
+        };
+        assert_eq!((drain("90"), drain("90s"), drain("10m")), (90, 90, 600));
     }
 
     #[test]

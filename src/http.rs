@@ -11,7 +11,7 @@
 //! [`app`] builds the router from an [`AppState`]; [`serve`] runs it on a pre-bound listener. When
 //! the shutdown future resolves it drains: new calls are turned away politely (`/twiml` answers
 //! with a line and a handoff or hang-up, `/healthz` says `draining`), live calls may finish for
-//! `DRAIN_TIMEOUT_SECS`, then those left are handed to a human or ended with a line, and only then
+//! `DRAIN_TIMEOUT`, then those left are handed to a human or ended with a line, and only then
 //! does the HTTP server stop (axum does not wait for upgraded WebSockets itself).
 //!
 //! `X-Twilio-Signature` is checked on `/twiml`, `/action` and the upgrade before anything else

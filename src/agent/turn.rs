@@ -74,8 +74,18 @@ pub async fn run_turn(
     };
     let specs = agent.tools.specs();
     let mut filler_spoken = false;
+    let mut content_spoken = false;
     for _step in 0..agent.max_tool_steps {
-        let step = match stream_step(&agent, &messages, &specs, &send, &mut filler_spoken).await {
+        let step = match stream_step(
+            &agent,
+            &messages,
+            &specs,
+            &send,
+            &mut filler_spoken,
+            content_spoken,
+        )
+        .await
+        {
             Ok(step) => step,
             Err(StepError::SessionGone) => return,
             Err(StepError::Llm(e)) => {
@@ -83,6 +93,7 @@ pub async fn run_turn(
                 return;
             }
         };
+        content_spoken |= !step.content.is_empty();
         if step.calls.is_empty() {
             let commit = vec![Message::assistant(step.content)];
             if send(TurnEvent::Commit(commit)).await {
@@ -176,6 +187,7 @@ async fn stream_step<F, Fut>(
     specs: &[super::ToolSpec],
     send: &F,
     filler_spoken: &mut bool,
+    content_spoken: bool,
 ) -> Result<Step, StepError>
 where
     F: Fn(TurnEvent) -> Fut,
@@ -221,8 +233,8 @@ where
     .map_err(|_| LlmError::Timeout("first token"))?;
     let mut stream = match first_try {
         Ok(stream) => stream,
-        // Nothing has been said yet, so one quick retry costs the caller little.
-        Err(e) if e.is_retryable() => {
+        // Nothing of the model's has been said yet, so one quick retry costs the caller little.
+        Err(e) if e.is_retryable() && !content_spoken => {
             let pause = Duration::from_millis(rand::random_range(150..=350));
             tracing::info!(error = %e, pause_ms = pause.as_millis() as u64, "retrying the model once");
             with_filler!(tokio::time::timeout_at(deadline, async {
@@ -487,6 +499,36 @@ mod tests {
         };
         let events = events_of(agent(vec![Err(bad.clone())], false)).await;
         assert_eq!(events, vec![TurnEvent::Failed(bad)], "a 400 is not retried");
+    }
+
+    /// Once the model's words have been spoken in a turn, a failure is not retried (the caller
+    /// would wait in silence for a second try of a reply already under way).
+    #[tokio::test(start_paused = true)]
+    async fn no_retry_once_the_turn_has_spoken() {
+        let step = vec![
+            Delta::Content("Let me check. ".into()),
+            Delta::ToolCall {
+                index: 0,
+                id: Some("c".into()),
+                name: Some("nope".into()),
+                arguments: Some("{}".into()),
+            },
+            Delta::Finish("tool_calls".into()),
+        ];
+        let busy = LlmError::Status {
+            status: 503,
+            message: "busy".into(),
+        };
+        let events = events_of(agent(vec![Ok(step), Err(busy.clone())], false)).await;
+        assert_eq!(
+            events.first(),
+            Some(&TurnEvent::Content("Let me check. ".into()))
+        );
+        assert_eq!(
+            events.last(),
+            Some(&TurnEvent::Failed(busy)),
+            "no second request was made"
+        );
     }
 
     /// A model that keeps calling tools is stopped after `max_tool_steps` calls.

@@ -561,7 +561,7 @@ async fn shutdown_lets_live_calls_finish_and_turns_new_ones_away() {
 #[tokio::test]
 async fn drain_timeout_ends_live_calls_with_a_line() {
     let app = spawn_app_with(
-        &[("DRAIN_TIMEOUT_SECS", "0"), ("HANDOFF_MAX_WAIT_MS", "100")],
+        &[("DRAIN_TIMEOUT", "0"), ("HANDOFF_MAX_WAIT_MS", "100")],
         ToolRegistry::new(),
     )
     .await;
