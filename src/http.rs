@@ -42,7 +42,7 @@ use crate::{
     handoff::{self, HandoffData, HandoffPath, HandoffStore, Route},
     relay::{
         resume::ResumeStore,
-        session::{self, HandoffDeps, SessionDeps, SessionLimits},
+        session::{self, HandoffDeps, SessionDeps},
     },
     security::{CallTokens, Verifier},
     twilio::{
@@ -667,7 +667,8 @@ async fn relay_socket(
         welcome_greeting: state.config.welcome_greeting.clone(),
         error_line: state.config.error_line.clone(),
         handoff: state.handoff.clone(),
-        limits: Arc::new(SessionLimits::from_config(limits, state.human_available())),
+        limits: Arc::new(limits.clone()),
+        human_available: state.human_available(),
         resume: state.resume.clone(),
         wrap_up: state.wrap_up.clone(),
         tracker: state.tracker.clone(),

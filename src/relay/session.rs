@@ -49,58 +49,6 @@ use crate::{
 /// The `<Parameter>` that marks a reconnected session (its greeting is the reconnect line).
 pub const RECONNECT_PARAMETER: &str = "relaybotReconnect";
 
-/// Limits and timers of a call, with what is said when they hit.
-#[derive(Debug, Clone)]
-pub struct SessionLimits {
-    /// Larger text frames are logged and dropped.
-    pub max_frame_bytes: usize,
-    /// Longer prompts are cut.
-    pub max_prompt_chars: usize,
-    /// History budget sent to the model (system prompt always kept).
-    pub history_max_chars: usize,
-    /// Then the call ends with `max_duration_line`.
-    pub max_call_duration: Duration,
-    /// Spoken at the duration limit.
-    pub max_duration_line: String,
-    /// Caller silence before the reprompt (and again before ending).
-    pub idle_reprompt: Duration,
-    /// "Are you still there?"
-    pub idle_reprompt_line: String,
-    /// Spoken when the caller stays silent after the reprompt.
-    pub idle_end_line: String,
-    /// Spoken when a shutdown's drain time is up and no human is configured.
-    pub drain_line: String,
-    /// Consecutive failed turns before the caller is handed to a human.
-    pub llm_failures_before_handoff: u32,
-    /// The apology when a human is configured.
-    pub llm_offer_human_line: String,
-    /// The greeting of a reconnected session.
-    pub reconnect_line: String,
-    /// Whether a human can take calls.
-    pub human_available: bool,
-}
-
-impl SessionLimits {
-    /// The session's share of the settings.
-    pub fn from_config(limits: &LimitsConfig, human_available: bool) -> Self {
-        SessionLimits {
-            max_frame_bytes: limits.max_frame_bytes,
-            max_prompt_chars: limits.max_prompt_chars,
-            history_max_chars: limits.history_max_chars,
-            max_call_duration: limits.max_call_duration,
-            max_duration_line: limits.max_duration_line.clone(),
-            idle_reprompt: limits.idle_reprompt,
-            idle_reprompt_line: limits.idle_reprompt_line.clone(),
-            idle_end_line: limits.idle_end_line.clone(),
-            drain_line: limits.drain_line.clone(),
-            llm_failures_before_handoff: limits.llm_failures_before_handoff,
-            llm_offer_human_line: limits.llm_offer_human_line.clone(),
-            reconnect_line: limits.reconnect_line.clone(),
-            human_available,
-        }
-    }
-}
-
 /// How calls leave Conversation Relay.
 #[derive(Debug, Clone)]
 pub struct HandoffDeps {
@@ -127,8 +75,10 @@ pub struct SessionDeps {
     pub error_line: String,
     /// Handoff and end settings.
     pub handoff: Arc<HandoffDeps>,
-    /// Limits and timers.
-    pub limits: Arc<SessionLimits>,
+    /// Limits and timers, with what is said when they hit.
+    pub limits: Arc<LimitsConfig>,
+    /// Whether a human can take calls (a Flex workflow or Studio flow is configured).
+    pub human_available: bool,
     /// Where a dropped session leaves its conversation for a reconnect.
     pub resume: ResumeStore,
     /// Cancelled when a shutdown's drain time is up: hand off or end now.
@@ -445,7 +395,7 @@ impl Session {
             return;
         }
         tracing::warn!("drain time is up; moving the caller on");
-        if self.deps.limits.human_available {
+        if self.deps.human_available {
             let line = self.deps.handoff.handoff_line.clone();
             let action = ExitAction::Handoff {
                 reason: "The voice agent is restarting.".into(),
@@ -980,7 +930,7 @@ impl Session {
                     (TurnEvent::Failed(error), None) => {
                         self.failures += 1;
                         let limits = &self.deps.limits;
-                        if limits.human_available
+                        if self.deps.human_available
                             && self.failures >= limits.llm_failures_before_handoff
                         {
                             tracing::error!(turn = turn.id, %error, failures = self.failures, "model failed again; handing the caller to a human");
@@ -991,7 +941,7 @@ impl Session {
                             let line = self.line_for(&action);
                             exit = Some(action);
                             line
-                        } else if limits.human_available {
+                        } else if self.deps.human_available {
                             tracing::warn!(turn = turn.id, %error, "model failed; apologising and offering a person");
                             limits.llm_offer_human_line.clone()
                         } else {
@@ -1419,25 +1369,21 @@ mod tests {
         relay::protocol::{Info, Setup},
     };
 
-    fn limits() -> SessionLimits {
-        SessionLimits {
-            max_frame_bytes: 65_536,
-            max_prompt_chars: 2000,
-            history_max_chars: 24_000,
-            max_call_duration: Duration::from_secs(3600),
-            max_duration_line: "Time is up.".into(),
-            idle_reprompt: Duration::from_secs(10),
-            idle_reprompt_line: "Are you still there?".into(),
-            idle_end_line: "Goodbye for now.".into(),
-            drain_line: "Restarting.".into(),
-            llm_failures_before_handoff: 2,
-            llm_offer_human_line: "Want a person?".into(),
-            reconnect_line: "We got cut off.".into(),
-            human_available: false,
-        }
+    fn limits() -> LimitsConfig {
+        let mut limits = crate::config::Config::from_vars(std::iter::empty())
+            .expect("defaults")
+            .limits;
+        limits.max_duration_line = "Time is up.".into();
+        limits.idle_reprompt = Duration::from_secs(10);
+        limits.idle_reprompt_line = "Are you still there?".into();
+        limits.idle_end_line = "Goodbye for now.".into();
+        limits.drain_line = "Restarting.".into();
+        limits.llm_offer_human_line = "Want a person?".into();
+        limits.reconnect_line = "We got cut off.".into();
+        limits
     }
 
-    fn session(limits: SessionLimits) -> (Session, SessionInbox) {
+    fn session(limits: LimitsConfig) -> (Session, SessionInbox) {
         let agent = Agent {
             model: Arc::new(OfflineModel::new(Duration::ZERO)),
             tools: ToolRegistry::new(),
@@ -1460,6 +1406,7 @@ mod tests {
                 max_wait: Duration::from_secs(15),
             }),
             limits: Arc::new(limits),
+            human_available: false,
             resume: ResumeStore::new(Duration::from_secs(60)),
             wrap_up: CancellationToken::new(),
             tracker: TaskTracker::new(),
