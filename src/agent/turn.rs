@@ -209,7 +209,9 @@ where
             tokio::pin!(fut);
             loop {
                 tokio::select! {
-                    out = &mut fut => break out,
+                    // The filler first: when its time and the deadline have both passed (a
+                    // starved runtime), the caller still hears it before the apology.
+                    biased;
                     () = sleep_until_opt(filler_at) => {
                         filler_at = None;
                         *filler_spoken = true;
@@ -218,6 +220,7 @@ where
                             return Err(StepError::SessionGone);
                         }
                     }
+                    out = &mut fut => break out,
                 }
             }
         }};
