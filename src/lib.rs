@@ -16,6 +16,8 @@
 //! [`start`] wires them together on a pre-bound listener, which is how `main` and the tests run
 //! the server.
 
+#![warn(missing_docs)]
+
 pub mod agent;
 pub mod config;
 pub mod handoff;

@@ -4,7 +4,7 @@
 //! (<https://www.twilio.com/docs/usage/webhooks/webhooks-security>) and twilio-node's
 //! `validateRequest`: `base64(HMAC-SHA1(auth_token, url + name1 + value1 + name2 + value2 …))`,
 //! names sorted by byte order (case-sensitive), repeated names with their values sorted.
-//! [`sign`] is what Twilio computes (our simulator uses it); [`matches`] is what a server checks,
+//! [`sign`] is what Twilio computes (our simulator uses it); [`matches()`] is what a server checks,
 //! in constant time, across the URL variants Twilio's own validators accept (with and without the
 //! default port).
 
