@@ -1290,6 +1290,33 @@ mod tests {
         assert_eq!(err("CR_A<B").var, "CR_A<B");
     }
 
+    /// Every line of `.env.example`, uncommented on its own, is valid `.env` syntax, keeps its
+    /// whole value, and lets the server start.
+    #[test]
+    fn every_env_example_line_works_uncommented() {
+        for line in include_str!("../.env.example").lines() {
+            let Some(assignment) = line.strip_prefix("# ").filter(|l| {
+                l.split_once('=').is_some_and(|(k, _)| {
+                    !k.is_empty() && k.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+                })
+            }) else {
+                continue;
+            };
+            let parsed: Vec<(String, String)> = dotenvy::from_read_iter(assignment.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap_or_else(|e| panic!("{assignment}: {e}"));
+            let (_, raw) = assignment.split_once('=').unwrap();
+            assert_eq!(
+                parsed[0].1,
+                raw.trim_matches('"'),
+                "{assignment} is cut short"
+            );
+            if let Err(e) = Config::from_vars(parsed) {
+                panic!("{assignment} alone stops the server: {e}");
+            }
+        }
+    }
+
     #[test]
     fn empty_values_drop_our_attribute_defaults() {
         let c = config(&[("CR_EVENTS", ""), ("CR_DTMF_DETECTION", " ")]).unwrap();

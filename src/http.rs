@@ -41,7 +41,7 @@ use crate::{
     config::Config,
     handoff::{self, HandoffData, HandoffPath, HandoffStore, Route},
     relay::{
-        resume::ResumeStore,
+        resume::{Leaving, ResumeStore},
         session::{self, HandoffDeps, SessionDeps},
     },
     security::{CallTokens, Verifier},
@@ -314,6 +314,13 @@ async fn drain(state: &AppState) {
     let deadline = tokio::time::Instant::now() + limits.drain_timeout;
     // Callers who got their TwiML just before the signal still connect: wait for their tokens
     // to be redeemed (or to expire), within the drain time.
+    let waiting = state.call_tokens.pending();
+    if waiting > 0 {
+        tracing::info!(
+            callers = waiting,
+            "waiting for callers who got their TwiML to connect (at most CALL_TOKEN_TTL_SECS); a second Ctrl-C stops now"
+        );
+    }
     while state.call_tokens.pending() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -547,12 +554,29 @@ async fn connect_action(
                 Some(&state.config.limits.reconnect_line),
             )
         }
+        SessionStatus::Failed if state.resume.leaving(&call_sid) == Some(Leaving::End) => {
+            tracing::info!(call_sid = %call_sid, "session dropped during the goodbye; hanging up");
+            twiml::say_and_hang_up(None)
+        }
         SessionStatus::Failed => {
-            tracing::warn!(call_sid = %call_sid, "session failed and will not be reconnected again");
+            // Dropped during a handoff: finish it. Otherwise: not (or no longer) reconnectable.
+            let (reason, summary) = match state.resume.leaving(&call_sid) {
+                Some(Leaving::Handoff { reason, summary }) => {
+                    tracing::warn!(call_sid = %call_sid, "session dropped during the handoff; finishing it");
+                    (reason, summary)
+                }
+                _ => {
+                    tracing::warn!(call_sid = %call_sid, "session failed and will not be reconnected again");
+                    (
+                        "The voice agent lost the call's connection.".to_owned(),
+                        record.map(|r| r.summary).unwrap_or_default(),
+                    )
+                }
+            };
             let data = HandoffData {
                 reason_code: handoff::REASON_HANDOFF.into(),
-                reason: "The voice agent lost the call's connection.".into(),
-                summary: record.map(|r| r.summary).unwrap_or_default(),
+                reason,
+                summary,
                 call_sid: call_sid.clone(),
                 from: callback
                     .params

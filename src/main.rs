@@ -108,7 +108,15 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let _ = dotenvy::dotenv();
+    // A missing .env is fine; a broken one must not be half-read in silence.
+    if let Err(e) = dotenvy::dotenv() {
+        if !e.not_found() {
+            eprintln!(
+                "relaybot: configuration error: .env: {e} (values with spaces need double quotes)"
+            );
+            return ExitCode::from(2);
+        }
+    }
     let cli = Cli::parse();
     let is_call = matches!(cli.command, Some(Command::Call(_)));
     init_tracing(if is_call {

@@ -127,6 +127,7 @@ pub struct Caller {
     options: DialOptions,
     http: reqwest::Client,
     socket: Socket,
+    started: std::time::Instant,
 }
 
 impl Caller {
@@ -243,6 +244,7 @@ impl Caller {
             options: options.clone(),
             http,
             socket,
+            started: std::time::Instant::now(),
         };
         caller
             .send(&Inbound::Setup(Box::new(Setup {
@@ -424,7 +426,10 @@ impl Caller {
             ("To".to_owned(), self.options.to.clone()),
             ("SessionId".to_owned(), self.session_id.clone()),
             ("SessionStatus".to_owned(), status.to_owned()),
-            ("SessionDuration".to_owned(), "10".to_owned()),
+            (
+                "SessionDuration".to_owned(),
+                self.started.elapsed().as_secs().to_string(),
+            ),
         ];
         form.extend(extra.iter().cloned());
         let signed = signed_url(&self.options, &self.base, &path);
@@ -703,6 +708,7 @@ pub async fn run_call(mut command: CallCommand) -> Result<(), SimError> {
                 }
                 event = next_event(&mut caller, calls_api, Duration::from_secs(24 * 3600), true) => {
                     if on_event(&mut caller, &mut printer, event?, speaker_events).await? {
+                        caller.hang_up().await;
                         return Ok(());
                     }
                 }
@@ -725,6 +731,7 @@ pub async fn run_call(mut command: CallCommand) -> Result<(), SimError> {
                     next_event(&mut caller, calls_api, command.reply_timeout, false).await?;
                 let closes = matches!(event, Event::Frame(Some(Outbound::Text { last: true, .. })));
                 if on_event(&mut caller, &mut printer, event, speaker_events).await? {
+                    caller.hang_up().await;
                     return Ok(());
                 }
                 if closes {
@@ -739,6 +746,7 @@ pub async fn run_call(mut command: CallCommand) -> Result<(), SimError> {
                 break;
             }
             if on_event(&mut caller, &mut printer, event, speaker_events).await? {
+                caller.hang_up().await;
                 return Ok(());
             }
         }

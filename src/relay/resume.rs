@@ -23,9 +23,25 @@ pub struct Saved {
     pub transcript: Vec<TranscriptLine>,
 }
 
+/// A call that was on its way out when its socket dropped: `/action` finishes the job instead
+/// of reconnecting it to the bot.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Leaving {
+    /// Being handed to a person.
+    Handoff {
+        /// Why.
+        reason: String,
+        /// What the caller wants.
+        summary: String,
+    },
+    /// Being ended.
+    End,
+}
+
 #[derive(Debug, Default)]
 struct Entry {
     saved: Option<Saved>,
+    leaving: Option<Leaving>,
     reconnects: u32,
     expires: Option<Instant>,
 }
@@ -62,7 +78,25 @@ impl ResumeStore {
         map.retain(|_, e| e.expires.is_none_or(|t| t > now));
         let entry = map.entry(call_sid.to_owned()).or_default();
         entry.saved = Some(saved);
+        entry.leaving = None;
         entry.expires = Some(now + self.grace);
+    }
+
+    /// The call is leaving (`how`): a drop from now on is not reconnected to the bot.
+    pub fn mark_leaving(&self, call_sid: &str, how: Leaving) {
+        if call_sid.is_empty() {
+            return;
+        }
+        let mut map = self.lock();
+        let entry = map.entry(call_sid.to_owned()).or_default();
+        entry.saved = None;
+        entry.leaving = Some(how);
+        entry.expires = Some(Instant::now() + self.grace);
+    }
+
+    /// How the call was leaving, if it was.
+    pub fn leaving(&self, call_sid: &str) -> Option<Leaving> {
+        self.lock().get(call_sid).and_then(|e| e.leaving.clone())
     }
 
     /// Whether a session of `call_sid` ran and left its conversation (only such calls are
@@ -121,6 +155,15 @@ mod tests {
         assert!(store.take("CA1").is_none(), "taken once");
         store.forget("CA1");
         assert_eq!(store.count_reconnect("CA1"), 1, "forgotten");
+        store.save("CA3", Saved::default());
+        store.mark_leaving("CA3", Leaving::End);
+        assert!(
+            !store.has_saved("CA3"),
+            "a call on its way out is not reconnected"
+        );
+        assert_eq!(store.leaving("CA3"), Some(Leaving::End));
+        store.save("CA3", Saved::default());
+        assert_eq!(store.leaving("CA3"), None, "back in conversation");
         let short = ResumeStore::new(Duration::ZERO);
         short.save("CA2", Saved::default());
         assert!(short.take("CA2").is_none(), "expired");

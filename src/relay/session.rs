@@ -42,7 +42,7 @@ use crate::{
         now_ms, studio_redirect_twiml, HandoffData, HandoffPath, HandoffRecord, HandoffStore,
         Route, TranscriptLine, REASON_END_CALL, REASON_HANDOFF,
     },
-    relay::resume::{ResumeStore, Saved},
+    relay::resume::{Leaving, ResumeStore, Saved},
     twilio::rest::RestError,
 };
 
@@ -189,6 +189,8 @@ pub struct Session {
     idle_since: Option<Instant>,
     /// The caller was already asked "are you still there?".
     reprompted: bool,
+    /// Twilio reports the caller talking (`clientSpeaking on`): no silence clock meanwhile.
+    client_speaking: bool,
     /// When the call must end (`MAX_CALL_DURATION_SECS` after `setup`).
     call_deadline: Option<Instant>,
     /// Model failures in a row.
@@ -267,6 +269,7 @@ impl Session {
             rejected: false,
             idle_since: None,
             reprompted: false,
+            client_speaking: false,
             call_deadline: None,
             failures: 0,
             created: Instant::now(),
@@ -309,7 +312,11 @@ impl Session {
             Exit::Speaking { deadline, .. } => Some((deadline, Timer::Exit)),
             _ => None,
         };
-        let idle = match (&self.exit, self.turn.is_some(), self.idle_since) {
+        let idle = match (
+            &self.exit,
+            self.turn.is_some() || self.client_speaking,
+            self.idle_since,
+        ) {
             (Exit::Staying, false, Some(since)) => {
                 Some((since + self.deps.limits.idle_reprompt, Timer::Idle))
             }
@@ -578,6 +585,8 @@ impl Session {
                 if self.awaiting_setup() {
                     return;
                 }
+                // The utterance is complete: the caller has stopped talking.
+                self.client_speaking = false;
                 let mut text = prompt.voice_prompt.trim();
                 if text.is_empty() {
                     tracing::debug!("empty prompt ignored");
@@ -667,6 +676,9 @@ impl Session {
                     } => {
                         tracing::info!("caller spoke over the goodbye; staying on the line");
                         self.exit = Exit::Staying;
+                        if let Some((call_sid, saved)) = self.saved() {
+                            self.deps.resume.save(&call_sid, saved);
+                        }
                     }
                     // A transfer the caller asked for goes ahead (they are most likely saying
                     // "thanks"), and so does an end imposed by a limit; there is nothing more to
@@ -704,6 +716,7 @@ impl Session {
                 }
                 InfoEvent::ClientSpeaking(on) => {
                     // A caller who is talking is not silent, barge-in or not.
+                    self.client_speaking = on;
                     if on {
                         self.idle_since = None;
                     } else if self.turn.is_none() {
@@ -846,6 +859,10 @@ impl Session {
             turn.spoken.transcript_line = Some(line);
             if heard.is_some() {
                 self.mark_heard(&turn.spoken, heard_end);
+            } else {
+                // Replaced, not barged in on: an interrupt that follows (the order is not
+                // documented) still trims what the caller really heard of it.
+                self.last_spoken = Some(turn.spoken);
             }
         }
         tracing::debug!(
@@ -993,6 +1010,14 @@ impl Session {
     /// The last line is out: wait for `agentSpeaking off`, at most about as long as the text
     /// takes to say (~70 ms a character, plus a second), capped by `HANDOFF_MAX_WAIT_MS`.
     fn await_hearing(&mut self, action: ExitAction, unheard: &str) {
+        let how = match &action {
+            ExitAction::Handoff { reason, summary } => Leaving::Handoff {
+                reason: reason.clone(),
+                summary: summary.clone(),
+            },
+            ExitAction::EndCall { .. } => Leaving::End,
+        };
+        self.deps.resume.mark_leaving(&self.call.call_sid, how);
         let estimate = Duration::from_millis(unheard.chars().count() as u64 * 70 + 1000);
         let now = Instant::now();
         self.exit = Exit::Speaking {
@@ -1573,6 +1598,48 @@ mod tests {
         let id = s.turn.as_ref().unwrap().id;
         s.on_turn_event(id, TurnEvent::Failed(LlmError::Internal("panic".into())));
         assert_eq!(s.take_outbox(), vec![Outbound::last("Sorry.")]);
+    }
+
+    /// A caller still talking when our audio stops, or while barging in, is not asked if they
+    /// are still there.
+    #[tokio::test(start_paused = true)]
+    async fn no_reprompt_while_the_caller_talks_through() {
+        let (mut s, _inbox) = session(limits());
+        for frame in [
+            r#"{"type":"info","name":"agentSpeaking","value":"on"}"#,
+            r#"{"type":"info","name":"clientSpeaking","value":"on"}"#,
+            r#"{"type":"interrupt","utteranceUntilInterrupt":"Hi"}"#,
+            r#"{"type":"info","name":"agentSpeaking","value":"off"}"#,
+        ] {
+            s.on_frame(frame);
+        }
+        tokio::time::advance(Duration::from_secs(30)).await;
+        s.on_timer(Instant::now());
+        assert!(s.take_outbox().is_empty(), "the caller is still talking");
+    }
+
+    /// A reply replaced by a new prompt, then an interrupt (order not documented): the replaced
+    /// reply is cut to what was heard.
+    #[tokio::test(start_paused = true)]
+    async fn an_interrupt_after_a_replacing_prompt_trims_the_replaced_reply() {
+        let (mut s, _inbox) = session(limits());
+        s.on_frame(r#"{"type":"prompt","voicePrompt":"what can you do","last":true}"#);
+        let first = s.turn.as_ref().unwrap().id;
+        s.on_turn_event(
+            first,
+            TurnEvent::Content("I can chat with you, answer ".into()),
+        );
+        s.on_frame(r#"{"type":"prompt","voicePrompt":"wait","last":true}"#);
+        s.on_frame(r#"{"type":"interrupt","utteranceUntilInterrupt":"I can"}"#);
+        assert!(s.history().contains(&Message::Assistant {
+            content: "I can".into(),
+            tool_calls: vec![],
+            interrupted: true
+        }));
+        assert!(s
+            .transcript()
+            .iter()
+            .any(|l| l.text == "I can" && l.interrupted));
     }
 
     /// Caller input resets the silence clock.

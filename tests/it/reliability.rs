@@ -630,3 +630,68 @@ async fn a_call_dropped_before_any_turn_is_reconnected() {
         "{doc}"
     );
 }
+
+/// A socket that drops while the caller hears the handoff line is not reconnected to the bot:
+/// `/action` finishes the handoff; one that drops during the goodbye is hung up.
+#[tokio::test]
+async fn a_drop_while_leaving_finishes_the_exit() {
+    let app = spawn_app_with(
+        &[
+            ("TWILIO_WORKFLOW_SID", "WW0123456789abcdef0123456789abcdef"),
+            ("HANDOFF_MAX_WAIT_MS", "60000"),
+        ],
+        ToolRegistry::new(),
+    )
+    .await;
+    app.llm.push(Script::Stream(vec![
+        Chunk::CallStart {
+            index: 0,
+            id: "h",
+            name: "agent_handoff",
+            args: "{\"reason\":\"billing\",\"summary\":\"double charge\"}",
+        },
+        Chunk::Finish("tool_calls"),
+    ]));
+    let mut caller = app.dial().await;
+    caller.say("a person please").await.unwrap();
+    assert_eq!(
+        reply(&mut caller).await.text,
+        relaybot::config::DEFAULT_HANDOFF_LINE
+    );
+    let doc = caller
+        .post_action("failed", "in-progress", &[])
+        .await
+        .unwrap();
+    let root = twiml::parse(&doc).unwrap();
+    assert!(
+        root.find("ConversationRelay").is_none(),
+        "not back to the bot: {doc}"
+    );
+    let task: serde_json::Value = serde_json::from_str(&root.find("Task").unwrap().text).unwrap();
+    assert_eq!(
+        (task["handoff_reason"].as_str(), task["summary"].as_str()),
+        (Some("billing"), Some("double charge"))
+    );
+
+    app.llm.push(Script::Stream(vec![
+        Chunk::CallStart {
+            index: 0,
+            id: "e",
+            name: "end_call",
+            args: "{\"reason\":\"done\"}",
+        },
+        Chunk::Finish("tool_calls"),
+    ]));
+    let mut caller = app.dial().await;
+    caller.say("bye").await.unwrap();
+    reply(&mut caller).await;
+    let doc = caller
+        .post_action("failed", "in-progress", &[])
+        .await
+        .unwrap();
+    let root = twiml::parse(&doc).unwrap();
+    assert!(
+        root.find("Hangup").is_some() && root.find("ConversationRelay").is_none(),
+        "{doc}"
+    );
+}
