@@ -1548,17 +1548,23 @@ mod tests {
         assert!(fresh.turn.is_none());
     }
 
+    /// A session whose 60 s limit has just struck: the limit line is out, the exit pending.
+    async fn at_the_time_limit() -> (Session, SessionInbox) {
+        let mut l = limits();
+        l.max_call_duration = Duration::from_secs(60);
+        l.idle_reprompt = Duration::from_secs(3600);
+        let (mut s, inbox) = session(l);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        s.on_timer(Instant::now());
+        assert_eq!(s.take_outbox(), vec![Outbound::last("Time is up.")]);
+        (s, inbox)
+    }
+
     /// Talking over a goodbye imposed by a limit does not cancel it (only the model's own
     /// `end_call` yields to the caller).
     #[tokio::test(start_paused = true)]
     async fn limit_goodbyes_are_not_cancelled_by_a_barge_in() {
-        let mut l = limits();
-        l.max_call_duration = Duration::from_secs(60);
-        l.idle_reprompt = Duration::from_secs(3600);
-        let (mut s, _inbox) = session(l);
-        tokio::time::advance(Duration::from_secs(60)).await;
-        s.on_timer(Instant::now());
-        assert_eq!(s.take_outbox(), vec![Outbound::last("Time is up.")]);
+        let (mut s, _inbox) = at_the_time_limit().await;
         s.on_frame(r#"{"type":"interrupt","utteranceUntilInterrupt":"Time"}"#);
         let out = s.take_outbox();
         assert!(matches!(&out[..], [Outbound::End { .. }]), "{out:?}");
@@ -1657,13 +1663,7 @@ mod tests {
     /// without speaker events.
     #[tokio::test(start_paused = true)]
     async fn the_call_ends_at_its_time_limit() {
-        let mut l = limits();
-        l.max_call_duration = Duration::from_secs(60);
-        l.idle_reprompt = Duration::from_secs(3600);
-        let (mut s, _inbox) = session(l);
-        tokio::time::advance(Duration::from_secs(60)).await;
-        s.on_timer(Instant::now());
-        assert_eq!(s.take_outbox(), vec![Outbound::last("Time is up.")]);
+        let (mut s, _inbox) = at_the_time_limit().await;
         let bound = s.next_deadline().unwrap() - Instant::now();
         assert!(bound <= Duration::from_secs(15), "{bound:?}");
         tokio::time::advance(bound).await;

@@ -103,6 +103,19 @@ pub enum Script {
 }
 
 impl Script {
+    /// One complete tool call (id, name, arguments JSON), ending with `tool_calls`.
+    pub fn call(id: &'static str, name: &'static str, args: &'static str) -> Script {
+        Script::Stream(vec![
+            Chunk::CallStart {
+                index: 0,
+                id,
+                name,
+                args,
+            },
+            Chunk::Finish("tool_calls"),
+        ])
+    }
+
     /// A complete text reply, one chunk per piece, ending with `stop`.
     pub fn text(pieces: &[&'static str]) -> Script {
         let mut chunks: Vec<Chunk> = pieces.iter().map(|p| Chunk::Text(p)).collect();

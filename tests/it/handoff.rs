@@ -38,15 +38,7 @@ fn handoff_call() -> Script {
 }
 
 fn end_call() -> Script {
-    Script::Stream(vec![
-        Chunk::CallStart {
-            index: 0,
-            id: "call_e",
-            name: "end_call",
-            args: "{\"reason\":\"done\"}",
-        },
-        Chunk::Finish("tool_calls"),
-    ])
+    Script::call("call_e", "end_call", "{\"reason\":\"done\"}")
 }
 
 /// Waits for the `end` frame, skipping nothing else but failing on text.
@@ -472,15 +464,11 @@ async fn switch_language_sends_a_language_frame() {
         ToolRegistry::new(),
     )
     .await;
-    app.llm.push(Script::Stream(vec![
-        Chunk::CallStart {
-            index: 0,
-            id: "l",
-            name: "switch_language",
-            args: "{\"language\":\"es-ES\"}",
-        },
-        Chunk::Finish("tool_calls"),
-    ]));
+    app.llm.push(Script::call(
+        "l",
+        "switch_language",
+        "{\"language\":\"es-ES\"}",
+    ));
     app.llm
         .push(Script::text(&["¡Claro! ", "¿En qué puedo ayudarle?"]));
     let mut caller = app.dial().await;

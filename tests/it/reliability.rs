@@ -311,15 +311,8 @@ async fn rest_fault_during_an_interrupted_handoff_still_reaches_a_human() {
         ToolRegistry::new(),
     )
     .await;
-    app.llm.push(Script::Stream(vec![
-        Chunk::CallStart {
-            index: 0,
-            id: "h",
-            name: "agent_handoff",
-            args: "{\"reason\":\"asked\"}",
-        },
-        Chunk::Finish("tool_calls"),
-    ]));
+    app.llm
+        .push(Script::call("h", "agent_handoff", "{\"reason\":\"asked\"}"));
     let mut caller = app.dial().await;
     caller.say("a person").await.unwrap();
     reply(&mut caller).await;
@@ -643,15 +636,11 @@ async fn a_drop_while_leaving_finishes_the_exit() {
         ToolRegistry::new(),
     )
     .await;
-    app.llm.push(Script::Stream(vec![
-        Chunk::CallStart {
-            index: 0,
-            id: "h",
-            name: "agent_handoff",
-            args: "{\"reason\":\"billing\",\"summary\":\"double charge\"}",
-        },
-        Chunk::Finish("tool_calls"),
-    ]));
+    app.llm.push(Script::call(
+        "h",
+        "agent_handoff",
+        "{\"reason\":\"billing\",\"summary\":\"double charge\"}",
+    ));
     let mut caller = app.dial().await;
     caller.say("a person please").await.unwrap();
     assert_eq!(
@@ -673,15 +662,8 @@ async fn a_drop_while_leaving_finishes_the_exit() {
         (Some("billing"), Some("double charge"))
     );
 
-    app.llm.push(Script::Stream(vec![
-        Chunk::CallStart {
-            index: 0,
-            id: "e",
-            name: "end_call",
-            args: "{\"reason\":\"done\"}",
-        },
-        Chunk::Finish("tool_calls"),
-    ]));
+    app.llm
+        .push(Script::call("e", "end_call", "{\"reason\":\"done\"}"));
     let mut caller = app.dial().await;
     caller.say("bye").await.unwrap();
     reply(&mut caller).await;
