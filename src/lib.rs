@@ -19,12 +19,14 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod bench;
 pub mod config;
 pub mod handoff;
 pub mod http;
 pub mod relay;
 pub mod security;
 pub mod simulator;
+pub mod sys;
 pub mod twilio;
 
 use std::net::SocketAddr;

@@ -1,0 +1,1 @@
+//! `relaybot bench`: measures the real server under simulated Twilio calls.
