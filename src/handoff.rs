@@ -21,7 +21,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::twilio::{rest::CallsClient, twiml};
+use crate::{
+    store::Sweep,
+    twilio::{rest::CallsClient, twiml},
+};
 
 /// `reasonCode` of a handoff to a human.
 pub const REASON_HANDOFF: &str = "live-agent-handoff";
@@ -266,7 +269,7 @@ struct Stored {
 /// Records expire after the configured time. The lock is never held across an await.
 #[derive(Debug, Clone)]
 pub struct HandoffStore {
-    inner: Arc<Mutex<HashMap<String, Stored>>>,
+    inner: Arc<Mutex<(HashMap<String, Stored>, Sweep)>>,
     ttl: Duration,
 }
 
@@ -274,22 +277,26 @@ impl HandoffStore {
     /// An empty store whose records live for `ttl`.
     pub fn new(ttl: Duration) -> Self {
         HandoffStore {
-            inner: Arc::new(Mutex::new(HashMap::new())),
+            inner: Arc::new(Mutex::new((HashMap::new(), Sweep::default()))),
             ttl,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Stored>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (HashMap<String, Stored>, Sweep)> {
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Stores (or replaces) the record of its call, and drops expired ones.
+    /// Stores (or replaces) the record of its call, and drops expired ones (at most once a
+    /// second: see [`Sweep`]).
     pub fn insert(&self, record: HandoffRecord) {
         let now = Instant::now();
-        let mut map = self.lock();
-        map.retain(|_, s| s.expires > now);
+        let mut guard = self.lock();
+        let (map, sweep) = &mut *guard;
+        if sweep.due(now) {
+            map.retain(|_, s| s.expires > now);
+        }
         map.insert(
             record.call_sid.clone(),
             Stored {
@@ -303,6 +310,7 @@ impl HandoffStore {
     pub fn get(&self, call_sid: &str) -> Option<HandoffRecord> {
         let now = Instant::now();
         self.lock()
+            .0
             .get(call_sid)
             .filter(|s| s.expires > now)
             .map(|s| s.record.clone())
@@ -310,7 +318,7 @@ impl HandoffStore {
 
     /// Records that the call took `path` after all.
     pub fn set_path(&self, call_sid: &str, path: HandoffPath) {
-        if let Some(stored) = self.lock().get_mut(call_sid) {
+        if let Some(stored) = self.lock().0.get_mut(call_sid) {
             stored.record.path = path;
         }
     }

@@ -28,11 +28,15 @@ use axum::{
     http::{header, HeaderMap, Method, StatusCode, Uri},
     response::{IntoResponse, Response},
     routing::{any, get},
+    serve::ListenerExt as _,
     Json, Router,
 };
 use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    net::TcpListener,
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower_http::trace::TraceLayer;
 
@@ -280,7 +284,7 @@ pub async fn serve(
     }
     let stop_http = CancellationToken::new();
     let mut server = tokio::spawn(
-        axum::serve(listener, app(state.clone()))
+        axum::serve(low_latency(listener), app(state.clone()))
             .with_graceful_shutdown(stop_http.clone().cancelled_owned())
             .into_future(),
     );
@@ -295,6 +299,22 @@ pub async fn serve(
         Ok(result) => result.map_err(std::io::Error::other)?,
         Err(_) => Ok(()),
     }
+}
+
+/// `listener`, with `TCP_NODELAY` set on every accepted socket.
+///
+/// Conversation Relay frames are small (a token is ~60 bytes): with Nagle's algorithm on, a
+/// frame written while the previous one waits for its (delayed, up to 40 ms) ACK is held back,
+/// which a caller hears as stutter. Every other socket we open sets it too (the model's and the
+/// Calls API's reqwest clients).
+pub fn low_latency(
+    listener: TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY on an accepted socket");
+        }
+    })
 }
 
 /// How long `/action` callbacks are still answered after the last call left.
@@ -403,20 +423,34 @@ async fn voice_webhook(
 ) -> Response {
     let hook = VoiceWebhook::from_params(params);
     let call_sid = hook.call_sid.clone().unwrap_or_default();
-    if state.draining.is_cancelled() || state.call_slots.available_permits() == 0 {
-        let why = if state.draining.is_cancelled() {
-            "shutting down"
-        } else {
-            "at MAX_CONCURRENT_CALLS"
-        };
-        tracing::warn!(call_sid = %call_sid, why, "turning a new call away politely");
-        return xml(turn_away(
-            &state,
-            &call_sid,
-            hook.from.as_deref().unwrap_or_default(),
-        ));
+    // The call's slot is taken now, not at the upgrade: a burst past the cap gets the polite
+    // line here instead of a refused WebSocket (which Twilio reports as a failed session).
+    let slot = if state.draining.is_cancelled() {
+        Err("shutting down")
+    } else {
+        reserve_call_slot(&state).ok_or("at MAX_CONCURRENT_CALLS")
+    };
+    match slot {
+        Ok(slot) => xml(relay_twiml(&state, &headers, &hook, None, slot)),
+        Err(why) => {
+            tracing::warn!(call_sid = %call_sid, why, "turning a new call away politely");
+            xml(turn_away(
+                &state,
+                &call_sid,
+                hook.from.as_deref().unwrap_or_default(),
+            ))
+        }
     }
-    xml(relay_twiml(&state, &headers, &hook, None))
+}
+
+/// Takes one of the `MAX_CONCURRENT_CALLS` slots for a call about to connect, first freeing the
+/// slots of call tokens that expired unused; `None` when every slot is taken.
+fn reserve_call_slot(state: &AppState) -> Option<OwnedSemaphorePermit> {
+    let slots = &state.call_slots;
+    slots.clone().try_acquire_owned().ok().or_else(|| {
+        state.call_tokens.release_expired();
+        slots.clone().try_acquire_owned().ok()
+    })
 }
 
 /// TwiML for a caller we cannot take: the at-capacity line, then a human if configured (and
@@ -439,12 +473,14 @@ fn turn_away(state: &AppState, call_sid: &str, from: &str) -> String {
 }
 
 /// `<Connect action><ConversationRelay url="…/ws?token=…">` for a call; `greeting` replaces the
-/// welcome greeting (a reconnect).
+/// welcome greeting (a reconnect). The call token minted for the URL holds `slot` until the
+/// upgrade.
 fn relay_twiml(
     state: &AppState,
     headers: &HeaderMap,
     hook: &VoiceWebhook,
     greeting: Option<&str>,
+    slot: OwnedSemaphorePermit,
 ) -> String {
     let base = public_base(&state.config, headers);
     let relay = &state.config.relay;
@@ -465,7 +501,7 @@ fn relay_twiml(
     }
     let token = state
         .call_tokens
-        .mint(hook.call_sid.as_deref().unwrap_or_default());
+        .mint_reserved(hook.call_sid.as_deref().unwrap_or_default(), slot);
     let body = ConnectRelay {
         action: &format!("{base}/action"),
         url: &format!("{}/ws?token={token}", websocket_base(&base)),
@@ -544,15 +580,26 @@ async fn connect_action(
                 && state.resume.count_reconnect(&call_sid)
                     <= state.config.limits.max_reconnects =>
         {
-            // The socket died mid-call: reconnect, and the session resumes the conversation.
-            tracing::warn!(call_sid = %call_sid, "session failed mid-call; reconnecting the caller");
-            let hook = VoiceWebhook::from_params(callback.params.clone());
-            relay_twiml(
-                &state,
-                &headers,
-                &hook,
-                Some(&state.config.limits.reconnect_line),
-            )
+            match reserve_call_slot(&state) {
+                Some(slot) => {
+                    // The socket died mid-call: reconnect, and the session resumes the
+                    // conversation.
+                    tracing::warn!(call_sid = %call_sid, "session failed mid-call; reconnecting the caller");
+                    let hook = VoiceWebhook::from_params(callback.params.clone());
+                    relay_twiml(
+                        &state,
+                        &headers,
+                        &hook,
+                        Some(&state.config.limits.reconnect_line),
+                        slot,
+                    )
+                }
+                None => {
+                    tracing::warn!(call_sid = %call_sid, "session failed mid-call and every call slot is taken; handing the caller on");
+                    let data = dropped_call_data(&callback, &call_sid, record.as_ref());
+                    to_human(&state, &data)
+                }
+            }
         }
         SessionStatus::Failed if state.resume.leaving(&call_sid) == Some(Leaving::End) => {
             tracing::info!(call_sid = %call_sid, "session dropped during the goodbye; hanging up");
@@ -560,37 +607,43 @@ async fn connect_action(
         }
         SessionStatus::Failed => {
             // Dropped during a handoff: finish it. Otherwise: not (or no longer) reconnectable.
-            let (reason, summary) = match state.resume.leaving(&call_sid) {
+            let mut data = dropped_call_data(&callback, &call_sid, record.as_ref());
+            match state.resume.leaving(&call_sid) {
                 Some(Leaving::Handoff { reason, summary }) => {
                     tracing::warn!(call_sid = %call_sid, "session dropped during the handoff; finishing it");
-                    (reason, summary)
+                    data.reason = reason;
+                    data.summary = summary;
                 }
                 _ => {
                     tracing::warn!(call_sid = %call_sid, "session failed and will not be reconnected again");
-                    (
-                        "The voice agent lost the call's connection.".to_owned(),
-                        record.map(|r| r.summary).unwrap_or_default(),
-                    )
                 }
-            };
-            let data = HandoffData {
-                reason_code: handoff::REASON_HANDOFF.into(),
-                reason,
-                summary,
-                call_sid: call_sid.clone(),
-                from: callback
-                    .params
-                    .iter()
-                    .find(|(k, _)| k == "From")
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default(),
-                transcript: Vec::new(),
-            };
+            }
             to_human(&state, &data)
         }
         SessionStatus::Other(_) => twiml::say_and_hang_up(None),
     };
     xml(body)
+}
+
+/// Handoff data for a call whose session dropped and is not reconnected to the bot.
+fn dropped_call_data(
+    callback: &ActionCallback,
+    call_sid: &str,
+    record: Option<&handoff::HandoffRecord>,
+) -> HandoffData {
+    HandoffData {
+        reason_code: handoff::REASON_HANDOFF.into(),
+        reason: "The voice agent lost the call's connection.".to_owned(),
+        summary: record.map(|r| r.summary.clone()).unwrap_or_default(),
+        call_sid: call_sid.to_owned(),
+        from: callback
+            .params
+            .iter()
+            .find(|(k, _)| k == "From")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default(),
+        transcript: Vec::new(),
+    }
 }
 
 /// TwiML that puts the caller through to a person, or apologises when none is configured.
@@ -645,7 +698,12 @@ async fn handoff_record(
     }
 }
 
-/// `GET /ws`: upgrades to the Conversation Relay WebSocket and runs the call.
+/// Bytes the WebSocket reads from the socket at a time (tungstenite's default is 128 KiB).
+pub const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Bytes of outbound frames buffered before tungstenite writes without a flush (the session
+/// flushes after each batch anyway).
+pub const WS_WRITE_BUFFER_BYTES: usize = 8 * 1024;
+
 /// The query of the WebSocket URL.
 #[derive(Debug, serde::Deserialize)]
 struct SocketQuery {
@@ -674,14 +732,16 @@ async fn relay_socket(
             return (StatusCode::FORBIDDEN, "invalid Twilio signature").into_response();
         }
     }
-    let call_sid = match state.call_tokens.redeem(query.token.as_deref()) {
-        Ok(call_sid) => call_sid,
+    let (call_sid, reserved) = match state.call_tokens.redeem_with_slot(query.token.as_deref()) {
+        Ok(redeemed) => redeemed,
         Err(e) => {
             tracing::warn!(error = %e, "refusing a websocket upgrade without a valid call token");
             return (StatusCode::FORBIDDEN, "invalid call token").into_response();
         }
     };
-    let Ok(slot) = state.call_slots.clone().try_acquire_owned() else {
+    // `/twiml` reserved the slot with the token; a token minted elsewhere (another instance
+    // sharing CALL_TOKEN_SECRET) takes one now.
+    let Some(slot) = reserved.or_else(|| reserve_call_slot(&state)) else {
         tracing::warn!("refusing a websocket upgrade at MAX_CONCURRENT_CALLS");
         return (StatusCode::SERVICE_UNAVAILABLE, "too many calls").into_response();
     };
@@ -705,6 +765,13 @@ async fn relay_socket(
     upgrade
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap)
+        // tungstenite's defaults (128 KiB each) suit bulk transfer. Its read buffer is
+        // allocated up front and zero-filled on every read attempt, i.e. on every pass of the
+        // session loop: per call that was most of the memory and, per token, a 128 KiB memset.
+        // Twilio's frames are a few hundred bytes; a larger one still fits (the buffer grows to
+        // the frame's length).
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
+        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
         .on_upgrade(move |socket| {
             tracker.track_future(async move {
                 session::run(socket, deps, cancel, Some(call_sid)).await;
@@ -719,6 +786,22 @@ mod tests {
 
     fn config(pairs: &[(&str, &str)]) -> Config {
         Config::from_vars(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap()
+    }
+
+    /// Nagle's algorithm holds a small frame back while the previous one waits for its ACK:
+    /// every socket the server accepts must have it off.
+    #[tokio::test]
+    async fn accepted_sockets_have_tcp_nodelay() {
+        use axum::serve::Listener as _;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut listener = low_latency(listener);
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await;
+        assert!(
+            accepted.nodelay().unwrap(),
+            "TCP_NODELAY on the accepted socket"
+        );
     }
 
     #[test]

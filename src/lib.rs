@@ -26,6 +26,7 @@ pub mod http;
 pub mod relay;
 pub mod security;
 pub mod simulator;
+pub mod store;
 pub mod sys;
 pub mod twilio;
 

@@ -22,7 +22,9 @@ use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use sha1::Sha1;
 
-use crate::twilio::signature;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::{store::Sweep, twilio::signature};
 
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -140,12 +142,25 @@ pub enum CallTokenError {
 }
 
 /// Mints and checks the per-call tokens.
+///
+/// A token minted by [`CallTokens::mint_reserved`] carries the caller's call slot (a
+/// `MAX_CONCURRENT_CALLS` permit taken when `/twiml` answered): the upgrade that redeems it gets
+/// the slot, and a token that expires unused gives it back. So a burst of webhooks can never
+/// hand out more relay sessions than there are slots.
 pub struct CallTokens {
     key: SecretString,
     ttl: Duration,
-    used: Mutex<HashMap<String, Instant>>,
+    used: Mutex<(HashMap<String, Instant>, Sweep)>,
     /// Minted and not yet redeemed: callers who have their TwiML but have not connected yet.
-    pending: Mutex<HashMap<String, u64>>,
+    pending: Mutex<(HashMap<String, Pending>, Sweep)>,
+}
+
+/// A minted token waiting for its upgrade.
+struct Pending {
+    /// ms since the Unix epoch.
+    expires_ms: u64,
+    /// The call slot reserved for it, if any.
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 impl std::fmt::Debug for CallTokens {
@@ -172,8 +187,8 @@ impl CallTokens {
         CallTokens {
             key,
             ttl,
-            used: Mutex::new(HashMap::new()),
-            pending: Mutex::new(HashMap::new()),
+            used: Mutex::new((HashMap::new(), Sweep::default())),
+            pending: Mutex::new((HashMap::new(), Sweep::default())),
         }
     }
 
@@ -184,30 +199,50 @@ impl CallTokens {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
     }
 
-    /// A token for `call_sid`: `CallSid.expiryMs.signature` (URL-safe characters only).
+    /// A token for `call_sid`: `CallSid.expiryMs.signature` (URL-safe characters only), with no
+    /// call slot reserved (the upgrade takes one if it can).
     pub fn mint(&self, call_sid: &str) -> String {
-        let expires = now_ms() + self.ttl.as_millis() as u64;
-        let token = self.mint_expiring_at(call_sid, expires);
-        let mut pending = self
-            .pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.mint_with(call_sid, None)
+    }
+
+    /// A token for `call_sid` holding `slot` until it is redeemed (the session keeps the slot)
+    /// or expires unused (the slot is freed).
+    pub fn mint_reserved(&self, call_sid: &str, slot: OwnedSemaphorePermit) -> String {
+        self.mint_with(call_sid, Some(slot))
+    }
+
+    fn mint_with(&self, call_sid: &str, slot: Option<OwnedSemaphorePermit>) -> String {
         let now = now_ms();
-        pending.retain(|_, until| *until > now);
-        pending.insert(token.clone(), expires);
+        let expires_ms = now + self.ttl.as_millis() as u64;
+        let token = self.mint_expiring_at(call_sid, expires_ms);
+        let mut guard = self.lock_pending();
+        let (pending, sweep) = &mut *guard;
+        if sweep.due(Instant::now()) {
+            pending.retain(|_, p| p.expires_ms > now);
+        }
+        pending.insert(token.clone(), Pending { expires_ms, slot });
         token
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, (HashMap<String, Pending>, Sweep)> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Drops the tokens whose time is up, freeing the call slots they held. Returns how many
+    /// are still pending.
+    pub fn release_expired(&self) -> usize {
+        let now = now_ms();
+        let mut guard = self.lock_pending();
+        guard.0.retain(|_, p| p.expires_ms > now);
+        guard.0.len()
     }
 
     /// Tokens minted and neither redeemed nor expired: calls about to connect (a drain waits for
     /// them).
     pub fn pending(&self) -> usize {
-        let now = now_ms();
-        let mut pending = self
-            .pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        pending.retain(|_, until| *until > now);
-        pending.len()
+        self.release_expired()
     }
 
     /// A token for `call_sid` that expires at `expires_ms` (ms since the Unix epoch).
@@ -225,13 +260,22 @@ impl CallTokens {
     /// # Errors
     /// [`CallTokenError`].
     pub fn redeem(&self, token: Option<&str>) -> Result<String, CallTokenError> {
+        self.redeem_with_slot(token).map(|(call_sid, _)| call_sid)
+    }
+
+    /// [`CallTokens::redeem`], also handing over the call slot reserved when the token was
+    /// minted (`None` for a token minted without one, for example by another instance).
+    ///
+    /// # Errors
+    /// [`CallTokenError`]; a refused token's slot (if any) is freed.
+    pub fn redeem_with_slot(
+        &self,
+        token: Option<&str>,
+    ) -> Result<(String, Option<OwnedSemaphorePermit>), CallTokenError> {
         let token = token
             .filter(|t| !t.is_empty())
             .ok_or(CallTokenError::Missing)?;
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(token);
+        let slot = self.lock_pending().0.remove(token).and_then(|p| p.slot);
         let mut parts = token.splitn(3, '.');
         let (Some(call_sid), Some(expires), Some(mac)) = (parts.next(), parts.next(), parts.next())
         else {
@@ -249,17 +293,20 @@ impl CallTokens {
             return Err(CallTokenError::Expired);
         }
         let now = Instant::now();
-        let mut used = self
+        let mut guard = self
             .used
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        used.retain(|_, until| *until > now);
-        if used.contains_key(token) {
+        let (used, sweep) = &mut *guard;
+        if sweep.due(now) {
+            used.retain(|_, until| *until > now);
+        }
+        if used.get(token).is_some_and(|until| *until > now) {
             return Err(CallTokenError::Replayed);
         }
         let left = Duration::from_millis(expires.saturating_sub(now_ms()));
         used.insert(token.to_owned(), now + left);
-        Ok(call_sid.to_owned())
+        Ok((call_sid.to_owned(), slot))
     }
 }
 
@@ -354,5 +401,45 @@ mod tests {
             Ok("CA8".into()),
             "a fleet shares the key"
         );
+    }
+
+    #[test]
+    fn a_token_holds_its_call_slot_until_redeemed_or_expired() {
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+        let tokens = CallTokens::new(None, Duration::from_secs(60));
+        let slot = slots.clone().try_acquire_owned().unwrap();
+        let t = tokens.mint_reserved("CA1", slot);
+        assert_eq!(
+            slots.available_permits(),
+            0,
+            "reserved while the caller connects"
+        );
+        let (call_sid, slot) = tokens.redeem_with_slot(Some(&t)).unwrap();
+        assert_eq!(call_sid, "CA1");
+        assert!(slot.is_some(), "the upgrade gets the reserved slot");
+        assert_eq!(slots.available_permits(), 0, "the session holds it");
+        drop(slot);
+        assert_eq!(slots.available_permits(), 1, "freed when the session ends");
+
+        // A token nobody redeems gives its slot back when it expires.
+        let short = CallTokens::new(None, Duration::ZERO);
+        let _unused = short.mint_reserved("CA2", slots.clone().try_acquire_owned().unwrap());
+        assert_eq!(slots.available_permits(), 0);
+        assert_eq!(short.release_expired(), 0);
+        assert_eq!(
+            slots.available_permits(),
+            1,
+            "an abandoned reservation is freed"
+        );
+
+        // A refused (replayed) token carries no slot.
+        let t = tokens.mint_reserved("CA3", slots.clone().try_acquire_owned().unwrap());
+        let first = tokens.redeem_with_slot(Some(&t)).unwrap();
+        assert_eq!(
+            tokens.redeem_with_slot(Some(&t)).map(|(sid, _)| sid),
+            Err(CallTokenError::Replayed)
+        );
+        drop(first);
+        assert_eq!(slots.available_permits(), 1);
     }
 }

@@ -4,7 +4,8 @@
 //! `SessionStatus=failed` while the call is still up (shared notes §7.1); `/action` answers with a
 //! fresh `<ConversationRelay>` (at most `MAX_RECONNECTS` times per call), and when the new
 //! `setup` arrives with the same callSid the session picks up the saved history. Entries expire
-//! after `RECONNECT_GRACE_SECS`. In memory, per instance; the lock is never held across an await.
+//! after `RECONNECT_GRACE_SECS` (swept at most once a second; reads check expiry themselves). In
+//! memory, per instance; the lock is never held across an await.
 
 use std::{
     collections::HashMap,
@@ -12,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{agent::Message, handoff::TranscriptLine};
+use crate::{agent::Message, handoff::TranscriptLine, store::Sweep};
 
 /// What a dropped session leaves behind.
 #[derive(Debug, Clone, Default)]
@@ -49,7 +50,7 @@ struct Entry {
 /// Saved conversations and reconnect counts, by CallSid.
 #[derive(Debug, Clone)]
 pub struct ResumeStore {
-    inner: Arc<Mutex<HashMap<String, Entry>>>,
+    inner: Arc<Mutex<(HashMap<String, Entry>, Sweep)>>,
     grace: Duration,
 }
 
@@ -57,12 +58,12 @@ impl ResumeStore {
     /// A store keeping conversations for `grace`.
     pub fn new(grace: Duration) -> Self {
         ResumeStore {
-            inner: Arc::new(Mutex::new(HashMap::new())),
+            inner: Arc::new(Mutex::new((HashMap::new(), Sweep::default()))),
             grace,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (HashMap<String, Entry>, Sweep)> {
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -74,8 +75,11 @@ impl ResumeStore {
             return;
         }
         let now = Instant::now();
-        let mut map = self.lock();
-        map.retain(|_, e| e.expires.is_none_or(|t| t > now));
+        let mut guard = self.lock();
+        let (map, sweep) = &mut *guard;
+        if sweep.due(now) {
+            map.retain(|_, e| e.expires.is_none_or(|t| t > now));
+        }
         let entry = map.entry(call_sid.to_owned()).or_default();
         entry.saved = Some(saved);
         entry.leaving = None;
@@ -87,8 +91,8 @@ impl ResumeStore {
         if call_sid.is_empty() {
             return;
         }
-        let mut map = self.lock();
-        let entry = map.entry(call_sid.to_owned()).or_default();
+        let mut guard = self.lock();
+        let entry = guard.0.entry(call_sid.to_owned()).or_default();
         entry.saved = None;
         entry.leaving = Some(how);
         entry.expires = Some(Instant::now() + self.grace);
@@ -96,7 +100,7 @@ impl ResumeStore {
 
     /// How the call was leaving, if it was.
     pub fn leaving(&self, call_sid: &str) -> Option<Leaving> {
-        self.lock().get(call_sid).and_then(|e| e.leaving.clone())
+        self.lock().0.get(call_sid).and_then(|e| e.leaving.clone())
     }
 
     /// Whether a session of `call_sid` ran and left its conversation (only such calls are
@@ -104,14 +108,15 @@ impl ResumeStore {
     pub fn has_saved(&self, call_sid: &str) -> bool {
         let now = Instant::now();
         self.lock()
+            .0
             .get(call_sid)
             .is_some_and(|e| e.saved.is_some() && e.expires.is_none_or(|t| t > now))
     }
 
     /// Counts a reconnect of `call_sid`; returns how many there have been, this one included.
     pub fn count_reconnect(&self, call_sid: &str) -> u32 {
-        let mut map = self.lock();
-        let entry = map.entry(call_sid.to_owned()).or_default();
+        let mut guard = self.lock();
+        let entry = guard.0.entry(call_sid.to_owned()).or_default();
         entry.reconnects += 1;
         entry.expires = Some(Instant::now() + self.grace);
         entry.reconnects
@@ -120,7 +125,8 @@ impl ResumeStore {
     /// The saved conversation of `call_sid`, taken (a resumed session saves again when it ends).
     pub fn take(&self, call_sid: &str) -> Option<Saved> {
         let now = Instant::now();
-        let mut map = self.lock();
+        let mut guard = self.lock();
+        let map = &mut guard.0;
         let entry = map.get_mut(call_sid)?;
         if entry.expires.is_some_and(|t| t <= now) {
             map.remove(call_sid);
@@ -131,7 +137,7 @@ impl ResumeStore {
 
     /// Forgets `call_sid` (the call is over).
     pub fn forget(&self, call_sid: &str) {
-        self.lock().remove(call_sid);
+        self.lock().0.remove(call_sid);
     }
 }
 

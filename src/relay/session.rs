@@ -1306,8 +1306,19 @@ pub async fn run(
     async move {
         tracing::debug!("websocket open");
         let mut wrapped_up = false;
+        // One timer for the whole call, moved when the next deadline changes (not a new timer
+        // per pass of the loop, which is once per token).
+        let timer = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         loop {
             let deadline = session.next_deadline();
+            if deadline != armed {
+                if let Some(at) = deadline {
+                    timer.as_mut().reset(at);
+                }
+                armed = deadline;
+            }
             tokio::select! {
                 // Frames first: an interrupt must be seen before more tokens are written.
                 biased;
@@ -1334,7 +1345,10 @@ pub async fn run(
                     wrapped_up = true;
                     session.on_wrap_up();
                 }
-                () = sleep_until(deadline) => session.on_timer(Instant::now()),
+                () = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    session.on_timer(Instant::now());
+                }
             }
             if session.rejected() {
                 let close = axum::extract::ws::CloseFrame {
@@ -1345,18 +1359,9 @@ pub async fn run(
                 break;
             }
             let finished = session.finished();
-            for message in session.take_outbox() {
-                match message.to_frame() {
-                    Ok(frame) => {
-                        if let Err(e) = sink.send(WsMessage::Text(frame.into())).await {
-                            tracing::info!(error = %e, "websocket write failed");
-                            session.close();
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, ?message, "not sending an invalid message")
-                    }
-                }
+            if let Err(e) = write_outbox(&mut session, &mut sink).await {
+                tracing::info!(error = %e, "websocket write failed");
+                session.close();
             }
             if finished {
                 break;
@@ -1378,12 +1383,26 @@ pub async fn run(
     .await;
 }
 
-/// Sleeps until `deadline`, or forever without one.
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
+/// Writes the session's queued messages: each frame is fed to the socket's buffer and one flush
+/// (one `write` system call) sends them all, as soon as they are queued.
+async fn write_outbox(
+    session: &mut Session,
+    sink: &mut (impl futures::Sink<WsMessage, Error = axum::Error> + Unpin),
+) -> Result<(), axum::Error> {
+    let mut fed = false;
+    for message in session.outbox.drain(..) {
+        match message.to_frame() {
+            Ok(frame) => {
+                sink.feed(WsMessage::Text(frame.into())).await?;
+                fed = true;
+            }
+            Err(e) => tracing::error!(error = %e, ?message, "not sending an invalid message"),
+        }
     }
+    if fed {
+        sink.flush().await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -90,6 +90,8 @@ impl CallsClient {
     ) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
+            // reqwest's default, stated: a handoff must not wait on Nagle's algorithm.
+            .tcp_nodelay(true)
             .build()
             .map_err(|e| format!("cannot build the Twilio HTTP client: {e}"))?;
         Ok(CallsClient {
