@@ -5,6 +5,7 @@ mod fake_llm;
 mod fake_twilio;
 mod helpers;
 
+mod capacity;
 mod cli;
 mod handoff;
 mod privacy;
