@@ -7,6 +7,7 @@
 //! | `POST /action` | `<Connect action>` callback when a session ends: hand off, hang up, … |
 //! | `GET /calls/{callSid}/handoff` | The handoff record for the human agent (bearer `API_TOKEN`) |
 //! | `GET /healthz` | Liveness: `ok` |
+//! | `GET /metrics` | Prometheus metrics ([`crate::telemetry`]); bearer `API_TOKEN` when set |
 //!
 //! [`app`] builds the router from an [`AppState`]; [`serve`] runs it on a pre-bound listener. When
 //! the shutdown future resolves it drains: new calls are turned away politely (`/twiml` answers
@@ -49,6 +50,7 @@ use crate::{
         session::{self, HandoffDeps, SessionDeps},
     },
     security::{CallTokens, Verifier},
+    telemetry,
     twilio::{
         rest::CallsClient,
         signature,
@@ -126,6 +128,8 @@ impl AppState {
             tokens.extend(config.twilio.auth_token.clone());
             tokens.extend(config.security.secondary_auth_token.clone());
         }
+        // Installs the Prometheus recorder before the first call records anything.
+        telemetry::metrics();
         Ok(AppState {
             verifier: Arc::new(Verifier::new(tokens)),
             call_tokens: Arc::new(CallTokens::new(
@@ -190,6 +194,7 @@ pub fn app(state: AppState) -> Router {
         .route("/ws", get(relay_socket))
         .route("/calls/{call_sid}/handoff", get(handoff_record))
         .route("/healthz", get(health))
+        .route("/metrics", get(metrics_page))
         // Spans name the path only: the WebSocket URL's query carries the call token.
         .layer(TraceLayer::new_for_http().make_span_with(
             |request: &axum::http::Request<axum::body::Body>| {
@@ -237,6 +242,7 @@ fn verify_webhook(
             // A GET webhook's query holds the caller's number: log the bare URL only.
             let checked = url.split('?').next().unwrap_or_default();
             tracing::warn!(error = %e, url = %checked, "refusing a request that is not signed by Twilio");
+            telemetry::refused("signature");
             Forbidden
         })
 }
@@ -283,6 +289,14 @@ pub async fn serve(
         let _ = state.local_base.set(format!("http://{addr}"));
     }
     let stop_http = CancellationToken::new();
+    // Histogram samples are folded into buckets on a scrape; without scrapes, here.
+    let upkeep = stop_http.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(telemetry::UPKEEP_EVERY);
+        while upkeep.run_until_cancelled(every.tick()).await.is_some() {
+            telemetry::metrics().upkeep();
+        }
+    });
     let mut server = tokio::spawn(
         axum::serve(low_latency(listener), app(state.clone()))
             .with_graceful_shutdown(stop_http.clone().cancelled_owned())
@@ -323,6 +337,7 @@ const ACTION_GRACE: Duration = Duration::from_secs(2);
 /// Turns new calls away, lets live ones finish, then hands off or ends the rest.
 async fn drain(state: &AppState) {
     state.draining.cancel();
+    telemetry::metrics().draining.set(1.0);
     let limits = &state.config.limits;
     let tracker = &state.tracker;
     let live = tracker.len() + state.call_tokens.pending();
@@ -433,6 +448,11 @@ async fn voice_webhook(
     match slot {
         Ok(slot) => xml(relay_twiml(&state, &headers, &hook, None, slot)),
         Err(why) => {
+            telemetry::turned_away(if state.draining.is_cancelled() {
+                "draining"
+            } else {
+                "capacity"
+            });
             tracing::warn!(call_sid = %call_sid, why, "turning a new call away politely");
             xml(turn_away(
                 &state,
@@ -663,6 +683,54 @@ fn to_human(state: &AppState, data: &HandoffData) -> String {
     }
 }
 
+/// A request without the right `API_TOKEN` bearer token: 401.
+struct Unauthorized;
+
+impl IntoResponse for Unauthorized {
+    fn into_response(self) -> Response {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "a valid bearer token is required",
+        )
+            .into_response()
+    }
+}
+
+/// Checks `Authorization: Bearer <API_TOKEN>` in constant time when `API_TOKEN` is set.
+fn check_api_token(state: &AppState, headers: &HeaderMap) -> Result<(), Unauthorized> {
+    let Some(token) = &state.config.handoff.api_token else {
+        return Ok(());
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let expected = token.expose_secret().as_bytes();
+    if bool::from(presented.as_bytes().ct_eq(expected)) {
+        Ok(())
+    } else {
+        Err(Unauthorized)
+    }
+}
+
+/// `GET /metrics`: every metric in the Prometheus text format (see [`crate::telemetry`] for
+/// the names and units). Needs `Authorization: Bearer <API_TOKEN>` when `API_TOKEN` is set.
+async fn metrics_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(refused) = check_api_token(&state, &headers) {
+        return refused.into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        telemetry::metrics().render(),
+    )
+        .into_response()
+}
+
 /// `GET /calls/{callSid}/handoff`: the handoff record (caller, reason, summary, transcript) as
 /// JSON, for a Flex plugin or CRM. Needs `Authorization: Bearer <API_TOKEN>`; off (404) when
 /// `API_TOKEN` is unset. Records are in memory, per instance, and expire.
@@ -671,22 +739,11 @@ async fn handoff_record(
     Path(call_sid): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(token) = &state.config.handoff.api_token else {
+    if state.config.handoff.api_token.is_none() {
         return StatusCode::NOT_FOUND.into_response();
-    };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    let expected = token.expose_secret().as_bytes();
-    if !bool::from(presented.as_bytes().ct_eq(expected)) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            "a valid bearer token is required",
-        )
-            .into_response();
+    }
+    if let Err(refused) = check_api_token(&state, &headers) {
+        return refused.into_response();
     }
     match state.handoff.store.get(&call_sid) {
         Some(record) => Json(record).into_response(),
@@ -729,6 +786,7 @@ async fn relay_socket(
             // The query holds the call token: log the bare URL only.
             let checked = url.split('?').next().unwrap_or_default();
             tracing::warn!(error = %e, url = %checked, "refusing a websocket upgrade that is not signed by Twilio");
+            telemetry::refused("signature");
             return (StatusCode::FORBIDDEN, "invalid Twilio signature").into_response();
         }
     }
@@ -736,6 +794,7 @@ async fn relay_socket(
         Ok(redeemed) => redeemed,
         Err(e) => {
             tracing::warn!(error = %e, "refusing a websocket upgrade without a valid call token");
+            telemetry::refused("call_token");
             return (StatusCode::FORBIDDEN, "invalid call token").into_response();
         }
     };
@@ -743,6 +802,7 @@ async fn relay_socket(
     // sharing CALL_TOKEN_SECRET) takes one now.
     let Some(slot) = reserved.or_else(|| reserve_call_slot(&state)) else {
         tracing::warn!("refusing a websocket upgrade at MAX_CONCURRENT_CALLS");
+        telemetry::turned_away("capacity");
         return (StatusCode::SERVICE_UNAVAILABLE, "too many calls").into_response();
     };
     let limits = &state.config.limits;

@@ -28,6 +28,7 @@ pub mod security;
 pub mod simulator;
 pub mod store;
 pub mod sys;
+pub mod telemetry;
 pub mod twilio;
 
 use std::net::SocketAddr;

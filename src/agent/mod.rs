@@ -162,8 +162,8 @@ pub type DeltaStream = BoxStream<'static, Result<Delta, LlmError>>;
 pub struct ChatRequest {
     /// The whole history, system prompt first.
     pub messages: Vec<Message>,
-    /// Tools the model may call.
-    pub tools: Vec<ToolSpec>,
+    /// Tools the model may call (shared by every turn of every call).
+    pub tools: Arc<[ToolSpec]>,
 }
 
 /// Why a model request failed. None of these end the call: the caller hears an apology.

@@ -311,7 +311,8 @@ mod tests {
                 name: "f".into(),
                 description: "d".into(),
                 parameters: serde_json::json!({"type":"object"}),
-            }],
+            }]
+            .into(),
         });
         let json = serde_json::to_value(&body).unwrap();
         assert_eq!(json["stream"], true);

@@ -110,9 +110,19 @@ pub enum RegistryError {
 }
 
 /// The tools offered to the model, in registration order.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ToolRegistry {
     tools: Vec<Tool>,
+    specs: Arc<[ToolSpec]>,
+}
+
+impl Default for ToolRegistry {
+    fn default() -> Self {
+        ToolRegistry {
+            tools: Vec::new(),
+            specs: Arc::from(Vec::new()),
+        }
+    }
 }
 
 impl ToolRegistry {
@@ -142,6 +152,7 @@ impl ToolRegistry {
             return Err(RegistryError::BadSchema(name.clone()));
         }
         self.tools.push(tool);
+        self.specs = self.tools.iter().map(|t| t.spec.clone()).collect();
         Ok(())
     }
 
@@ -155,9 +166,9 @@ impl ToolRegistry {
         &self.tools
     }
 
-    /// The specs sent to the model.
-    pub fn specs(&self) -> Vec<ToolSpec> {
-        self.tools.iter().map(|t| t.spec.clone()).collect()
+    /// The specs sent to the model, shared: built once at registration, not per turn.
+    pub fn specs(&self) -> Arc<[ToolSpec]> {
+        self.specs.clone()
     }
 
     /// Whether no tool is registered.

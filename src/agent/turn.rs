@@ -11,6 +11,8 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use futures::{FutureExt, StreamExt};
 use tokio::{sync::mpsc, time::Instant};
 
+use crate::telemetry;
+
 use super::{
     tools::{ToolInput, ToolResult},
     Agent, CallContext, ChatRequest, Delta, LlmError, Message, ToolCall,
@@ -22,8 +24,9 @@ pub type TurnId = u64;
 /// What a turn tells the session.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TurnEvent {
-    /// Model text to speak now (part of the assistant message being written).
-    Content(String),
+    /// Model text to speak now (part of the assistant message being written), and when its chunk
+    /// was read from the model (for the relay-overhead metric).
+    Content(String, ReadAt),
     /// A tool's "while running" line to speak now (not part of any message).
     Filler(String),
     /// Messages completed in this step, to append to the history in order. Content already
@@ -33,6 +36,25 @@ pub enum TurnEvent {
     Done,
     /// The model failed. Nothing more comes from this turn; the session speaks an apology.
     Failed(LlmError),
+}
+
+/// When a model chunk was read, carried with its text so the session can measure the relay
+/// overhead (chunk read → frame written). A timestamp, not content: two events that say the
+/// same text are equal whatever their times.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadAt(pub Instant);
+
+impl ReadAt {
+    /// Now.
+    pub fn now() -> Self {
+        ReadAt(Instant::now())
+    }
+}
+
+impl PartialEq for ReadAt {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// Everything a turn needs besides the agent.
@@ -46,6 +68,21 @@ pub struct TurnInput {
     pub messages: Vec<Message>,
     /// How call-control tools reach the session.
     pub control: Option<super::control::CallControl>,
+    /// When the caller's words that started this turn were read (stage timings are from here).
+    pub prompt_at: Instant,
+}
+
+/// Where a turn's time went, for its log line and the metrics (all from the prompt).
+#[derive(Debug, Default, Clone, Copy)]
+struct Timings {
+    /// Prompt → the first model request started.
+    model_request: Option<Duration>,
+    /// That request → its first chunk.
+    first_token: Option<Duration>,
+    /// Model calls made.
+    steps: u32,
+    /// Characters of model text streamed.
+    chars: usize,
 }
 
 #[derive(Default)]
@@ -62,16 +99,46 @@ pub async fn run_turn(
     input: TurnInput,
     events: mpsc::Sender<(TurnId, TurnEvent)>,
 ) {
+    let prompt_at = input.prompt_at;
+    let call_sid = input.call.call_sid.clone();
+    let mut timings = Timings::default();
+    let outcome = turn_steps(agent, input, &events, &mut timings).await;
+    let Some(outcome) = outcome else {
+        return; // the session is gone: nobody to report to
+    };
+    let turn = prompt_at.elapsed();
+    let m = telemetry::metrics();
+    m.turn_duration.record(turn.as_secs_f64());
+    let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+    tracing::debug!(
+        call_sid = %call_sid,
+        turn = outcome.0,
+        ok = outcome.1,
+        prompt_to_model_request_ms = ms(timings.model_request),
+        model_first_token_ms = ms(timings.first_token),
+        turn_ms = turn.as_secs_f64() * 1000.0,
+        steps = timings.steps,
+        chars = timings.chars,
+        "turn finished"
+    );
+}
+
+/// The turn's steps; `Some((id, answered))` once the session was told how it ended, `None` if
+/// the session went away first.
+async fn turn_steps(
+    agent: Arc<Agent>,
+    input: TurnInput,
+    events: &mpsc::Sender<(TurnId, TurnEvent)>,
+    timings: &mut Timings,
+) -> Option<(TurnId, bool)> {
     let TurnInput {
         id,
         call,
         mut messages,
         control,
+        prompt_at,
     } = input;
-    let send = |event: TurnEvent| {
-        let events = events.clone();
-        async move { events.send((id, event)).await.is_ok() }
-    };
+    let send = |event: TurnEvent| async move { events.send((id, event)).await.is_ok() };
     let specs = agent.tools.specs();
     let mut filler_spoken = false;
     let mut content_spoken = false;
@@ -83,23 +150,22 @@ pub async fn run_turn(
             &send,
             &mut filler_spoken,
             content_spoken,
+            (prompt_at, &mut *timings),
         )
         .await
         {
             Ok(step) => step,
-            Err(StepError::SessionGone) => return,
+            Err(StepError::SessionGone) => return None,
             Err(StepError::Llm(e)) => {
-                send(TurnEvent::Failed(e)).await;
-                return;
+                telemetry::model_error(&e);
+                return send(TurnEvent::Failed(e)).await.then_some((id, false));
             }
         };
         content_spoken |= !step.content.is_empty();
         if step.calls.is_empty() {
             let commit = vec![Message::assistant(step.content)];
-            if send(TurnEvent::Commit(commit)).await {
-                send(TurnEvent::Done).await;
-            }
-            return;
+            let told = send(TurnEvent::Commit(commit)).await && send(TurnEvent::Done).await;
+            return told.then_some((id, true));
         }
         // Speak the "while running" lines (once each) before the tools start.
         let mut fillers: Vec<&str> = step
@@ -110,7 +176,7 @@ pub async fn run_turn(
         fillers.dedup();
         for line in fillers {
             if !send(TurnEvent::Filler(line.to_owned())).await {
-                return;
+                return None;
             }
         }
         let results = futures::future::join_all(
@@ -142,17 +208,15 @@ pub async fn run_turn(
         );
         messages.extend(commit.iter().cloned());
         if !send(TurnEvent::Commit(commit)).await {
-            return;
+            return None;
         }
         if ends_turn {
-            send(TurnEvent::Done).await;
-            return;
+            return send(TurnEvent::Done).await.then_some((id, true));
         }
     }
-    send(TurnEvent::Failed(LlmError::TooManySteps(
-        agent.max_tool_steps,
-    )))
-    .await;
+    let error = LlmError::TooManySteps(agent.max_tool_steps);
+    telemetry::model_error(&error);
+    send(TurnEvent::Failed(error)).await.then_some((id, false))
 }
 
 /// Sleeps until `at`, or forever without one.
@@ -184,10 +248,11 @@ struct Step {
 async fn stream_step<F, Fut>(
     agent: &Agent,
     messages: &[Message],
-    specs: &[super::ToolSpec],
+    specs: &Arc<[super::ToolSpec]>,
     send: &F,
     filler_spoken: &mut bool,
     content_spoken: bool,
+    (prompt_at, timings): (Instant, &mut Timings),
 ) -> Result<Step, StepError>
 where
     F: Fn(TurnEvent) -> Fut,
@@ -227,8 +292,16 @@ where
     }
     let request = ChatRequest {
         messages: messages.to_vec(),
-        tools: specs.to_vec(),
+        tools: specs.clone(),
     };
+    timings.steps += 1;
+    if timings.model_request.is_none() {
+        let waited = prompt_at.elapsed();
+        timings.model_request = Some(waited);
+        telemetry::metrics()
+            .prompt_to_model_request
+            .record(waited.as_secs_f64());
+    }
     let first_try = with_filler!(tokio::time::timeout_at(
         deadline,
         agent.model.stream(request.clone())
@@ -238,6 +311,7 @@ where
         Ok(stream) => stream,
         // Nothing of the model's has been said yet, so one quick retry costs the caller little.
         Err(e) if e.is_retryable() && !content_spoken => {
+            telemetry::model_error(&e);
             let pause = Duration::from_millis(rand::random_range(150..=350));
             tracing::info!(error = %e, pause_ms = pause.as_millis() as u64, "retrying the model once");
             with_filler!(tokio::time::timeout_at(deadline, async {
@@ -261,6 +335,14 @@ where
         let Ok(next) = next else {
             return Err(LlmError::Timeout(if first { "first token" } else { "next chunk" }).into());
         };
+        let read_at = Instant::now();
+        if first {
+            let waited = read_at - started;
+            telemetry::metrics()
+                .model_first_token
+                .record(waited.as_secs_f64());
+            timings.first_token.get_or_insert(waited);
+        }
         first = false;
         match next {
             None => break,
@@ -270,7 +352,8 @@ where
                     continue;
                 }
                 content.push_str(&text);
-                if !send(TurnEvent::Content(text)).await {
+                timings.chars += text.len();
+                if !send(TurnEvent::Content(text, ReadAt(read_at))).await {
                     return Err(StepError::SessionGone);
                 }
             }
@@ -356,7 +439,9 @@ async fn run_tool(
             Err("the tool did not answer in time; tell the caller you could not do it".into())
         }
     };
-    tracing::info!(tool = %call.name, ok = result.is_ok(), elapsed_ms = started.elapsed().as_millis() as u64, "tool ran");
+    let elapsed = started.elapsed();
+    telemetry::tool_ran(&tool.spec.name, elapsed, result.is_ok());
+    tracing::info!(tool = %call.name, ok = result.is_ok(), elapsed_ms = elapsed.as_millis() as u64, "tool ran");
     result
 }
 
@@ -412,6 +497,7 @@ mod tests {
                 content: "hi".into(),
             }],
             control: None,
+            prompt_at: Instant::now(),
         };
         run_turn(agent, input, tx).await;
         let mut out = Vec::new();
@@ -445,6 +531,7 @@ mod tests {
             call: Arc::new(CallContext::default()),
             messages: vec![],
             control: None,
+            prompt_at: Instant::now(),
         };
         let started = Instant::now();
         let turn = tokio::spawn(run_turn(Arc::new(agent), input, tx));
@@ -469,7 +556,7 @@ mod tests {
         assert_eq!(
             events,
             vec![
-                TurnEvent::Content("Hi ".into()),
+                TurnEvent::Content("Hi ".into(), ReadAt::now()),
                 TurnEvent::Failed(LlmError::Timeout("next chunk"))
             ]
         );
@@ -486,7 +573,7 @@ mod tests {
         let ok = vec![Delta::Content("Yes.".into()), Delta::Finish("stop".into())];
         let started = Instant::now();
         let events = events_of(agent(vec![Err(busy()), Ok(ok)], false)).await;
-        assert_eq!(events[0], TurnEvent::Content("Yes.".into()));
+        assert_eq!(events[0], TurnEvent::Content("Yes.".into(), ReadAt::now()));
         assert_eq!(events.last(), Some(&TurnEvent::Done));
         let waited = started.elapsed();
         assert!(
@@ -525,7 +612,7 @@ mod tests {
         let events = events_of(agent(vec![Ok(step), Err(busy.clone())], false)).await;
         assert_eq!(
             events.first(),
-            Some(&TurnEvent::Content("Let me check. ".into()))
+            Some(&TurnEvent::Content("Let me check. ".into(), ReadAt::now()))
         );
         assert_eq!(
             events.last(),

@@ -43,6 +43,7 @@ use crate::{
         Route, TranscriptLine, REASON_END_CALL, REASON_HANDOFF,
     },
     relay::resume::{Leaving, ResumeStore, Saved},
+    telemetry,
     twilio::rest::RestError,
 };
 
@@ -178,7 +179,11 @@ pub struct Session {
     moved_tx: mpsc::Sender<Result<(), RestError>>,
     cancel: CancellationToken,
     outbox: Vec<Outbound>,
+    /// When the model chunk behind each queued token was read (relay-overhead metric).
+    relayed: Vec<Instant>,
     exit: Exit,
+    /// When the current handoff or end was asked for (handoff-duration metric).
+    exit_asked: Option<Instant>,
     span: Span,
     /// The CallSid the call token was minted for; `setup` must match it.
     expected_call_sid: Option<String>,
@@ -263,7 +268,9 @@ impl Session {
             moved_tx,
             cancel,
             outbox: Vec::new(),
+            relayed: Vec::new(),
             exit: Exit::Staying,
+            exit_asked: None,
             span,
             expected_call_sid,
             rejected: false,
@@ -601,7 +608,7 @@ impl Session {
                     tracing::info!("caller spoke while the call is leaving; not answered");
                     return;
                 }
-                tracing::info!(chars = text.chars().count(), "caller spoke");
+                tracing::debug!(chars = text.chars().count(), "caller spoke");
                 self.stop_turn(Stop::Superseded);
                 self.note("caller", text);
                 self.start_turn(text.to_owned(), None);
@@ -644,6 +651,7 @@ impl Session {
                 self.start_turn(format!("The caller pressed {digits}."), Some(digits));
             }
             Inbound::Interrupt(interrupt) => {
+                telemetry::metrics().interrupts.increment(1);
                 self.idle_since = None;
                 tracing::info!(
                     heard_chars = interrupt.utterance_until_interrupt.chars().count(),
@@ -756,7 +764,9 @@ impl Session {
             call: self.call.clone(),
             messages: self.history.clone(),
             control: Some(CallControl::new(self.control_tx.clone())),
+            prompt_at: Instant::now(),
         };
+        telemetry::metrics().turns.increment(1);
         let agent = self.deps.agent.clone();
         let events = self.events_tx.clone();
         self.deps.tracker.spawn(
@@ -830,6 +840,7 @@ impl Session {
                 "the caller cut in: the pending handoff/end is not carried out"
             );
             self.exit = Exit::Staying;
+            self.exit_asked = None;
         }
     }
 
@@ -893,7 +904,7 @@ impl Session {
             return;
         };
         match event {
-            TurnEvent::Content(text) => {
+            TurnEvent::Content(text, read_at) => {
                 turn.dtmf = None;
                 if turn.spoken.text.is_empty() {
                     self.last_spoken = None;
@@ -901,6 +912,7 @@ impl Session {
                 turn.spoken.text.push_str(&text);
                 turn.pending.push_str(&text);
                 self.outbox.push(Outbound::token(text));
+                self.relayed.push(read_at.0);
             }
             TurnEvent::Filler(line) => {
                 turn.dtmf = None;
@@ -1018,6 +1030,7 @@ impl Session {
             ExitAction::EndCall { .. } => Leaving::End,
         };
         self.deps.resume.mark_leaving(&self.call.call_sid, how);
+        self.exit_asked.get_or_insert_with(Instant::now);
         let estimate = Duration::from_millis(unheard.chars().count() as u64 * 70 + 1000);
         let now = Instant::now();
         self.exit = Exit::Speaking {
@@ -1056,6 +1069,7 @@ impl Session {
                 self.outbox.push(Outbound::End {
                     handoff_data: Some(data.to_compact_json()),
                 });
+                self.left("end_call", "end_sent");
             }
             ExitAction::Handoff { reason, summary } => {
                 let data = self.handoff_data(REASON_HANDOFF, &reason, &summary);
@@ -1094,18 +1108,25 @@ impl Session {
                             data: Box::new(data),
                         };
                     }
-                    _ => self.send_end(&data),
+                    _ => self.send_end(&data, "end_sent"),
                 }
             }
         }
     }
 
-    fn send_end(&mut self, data: &HandoffData) {
+    fn send_end(&mut self, data: &HandoffData, outcome: &'static str) {
         self.left_at = Some(Instant::now());
         self.outbox.push(Outbound::End {
             handoff_data: Some(data.to_compact_json()),
         });
         self.exit = Exit::Gone;
+        self.left("connect_action", outcome);
+    }
+
+    /// Counts a handoff or end carried out, and how long it took from being asked for.
+    fn left(&mut self, path: &'static str, outcome: &'static str) {
+        let elapsed = self.exit_asked.take().map(|at| at.elapsed());
+        telemetry::handoff_done(path, outcome, elapsed);
     }
 
     /// The Calls API's answer to the redirect.
@@ -1114,9 +1135,13 @@ impl Session {
             return;
         };
         match result {
-            Ok(()) => tracing::info!("call moved to the Studio flow"),
+            Ok(()) => {
+                tracing::info!("call moved to the Studio flow");
+                self.left("calls_api_studio", "moved");
+            }
             Err(RestError::CallNotInProgress) => {
                 tracing::info!("the caller hung up before the handoff; ending the session");
+                self.left("calls_api_studio", "caller_gone");
                 self.close();
             }
             Err(error) => {
@@ -1125,7 +1150,7 @@ impl Session {
                     .handoff
                     .store
                     .set_path(&data.call_sid, HandoffPath::ConnectAction);
-                self.send_end(&data);
+                self.send_end(&data, "fallback");
             }
         }
     }
@@ -1164,6 +1189,7 @@ impl Session {
                     Err("A transfer or hang-up is already in progress. Do not call it again and say nothing more.".to_owned())
                 }
                 ControlRequest::Handoff { reason, summary } => {
+                    self.exit_asked = Some(Instant::now());
                     self.exit = Exit::Pending {
                         turn,
                         action: ExitAction::Handoff { reason, summary },
@@ -1171,6 +1197,7 @@ impl Session {
                     Ok("The transfer to a human agent has started; a transfer message is spoken for you.".to_owned())
                 }
                 ControlRequest::EndCall { reason } => {
+                    self.exit_asked = Some(Instant::now());
                     self.exit = Exit::Pending {
                         turn,
                         action: ExitAction::EndCall {
@@ -1303,6 +1330,9 @@ pub async fn run(
     let (mut session, mut inbox) =
         Session::new(deps, cancel.clone(), span.clone(), expected_call_sid);
     let (mut sink, mut stream) = socket.split();
+    let metrics = telemetry::metrics();
+    metrics.calls.increment(1);
+    metrics.calls_live.increment(1.0);
     async move {
         tracing::debug!("websocket open");
         let mut wrapped_up = false;
@@ -1373,6 +1403,7 @@ pub async fn run(
         }
         // Say goodbye properly when we end the session (a no-op if Twilio already closed).
         let _ = sink.close().await;
+        metrics.calls_live.decrement(1.0);
         tracing::info!(
             seconds = started.elapsed().as_secs(),
             messages = session.history().len(),
@@ -1401,6 +1432,13 @@ async fn write_outbox(
     }
     if fed {
         sink.flush().await?;
+    }
+    if !session.relayed.is_empty() {
+        let relay = &telemetry::metrics().token_relay;
+        let now = Instant::now();
+        for read_at in session.relayed.drain(..) {
+            relay.record((now - read_at).as_secs_f64());
+        }
     }
     Ok(())
 }
@@ -1652,7 +1690,10 @@ mod tests {
         let first = s.turn.as_ref().unwrap().id;
         s.on_turn_event(
             first,
-            TurnEvent::Content("I can chat with you, answer ".into()),
+            TurnEvent::Content(
+                "I can chat with you, answer ".into(),
+                crate::agent::turn::ReadAt::now(),
+            ),
         );
         s.on_frame(r#"{"type":"prompt","voicePrompt":"wait","last":true}"#);
         s.on_frame(r#"{"type":"interrupt","utteranceUntilInterrupt":"I can"}"#);

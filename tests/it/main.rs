@@ -5,9 +5,11 @@ mod fake_llm;
 mod fake_twilio;
 mod helpers;
 
+mod bench;
 mod capacity;
 mod cli;
 mod handoff;
+mod metrics;
 mod privacy;
 mod reliability;
 mod session;
