@@ -1,5 +1,6 @@
 //! The `relaybot` binary: `relaybot` (or `relaybot serve`) runs the server; `relaybot call`
-//! rings it from the terminal. Everything else lives in the library.
+//! rings it from the terminal; `relaybot bench` measures it. Everything else lives in the
+//! library.
 
 use std::{process::ExitCode, time::Duration};
 
@@ -28,6 +29,9 @@ enum Command {
     Serve,
     /// Ring the server the way Twilio does and talk to the agent in the terminal.
     Call(CallArgs),
+    /// Measure the server: relay overhead per token, CPU time and memory per call, under
+    /// simulated Twilio calls and a fake model that streams at a set rate.
+    Bench(relaybot::bench::BenchOptions),
 }
 
 #[derive(Args)]
@@ -106,8 +110,7 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     // A missing .env is fine; a broken one must not be half-read in silence.
     if let Err(e) = dotenvy::dotenv() {
         if !e.not_found() {
@@ -118,6 +121,50 @@ async fn main() -> ExitCode {
         }
     }
     let cli = Cli::parse();
+    if let Some(Command::Bench(options)) = cli.command {
+        return bench(options);
+    }
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("relaybot: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `relaybot bench`, on a single-threaded runtime so that the load generator uses at most one
+/// core and leaves the rest to the server it measures.
+fn bench(options: relaybot::bench::BenchOptions) -> ExitCode {
+    init_tracing("warn");
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("relaybot: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(relaybot::bench::command(options)) {
+        Ok(report) if report.levels.iter().all(|l| l.errors == 0) => ExitCode::SUCCESS,
+        Ok(_) => {
+            eprintln!("relaybot: bench: some calls failed (see the errors above)");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("relaybot: bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `serve` and `call`, on the multi-threaded runtime.
+async fn run(cli: Cli) -> ExitCode {
     let is_call = matches!(cli.command, Some(Command::Call(_)));
     init_tracing(if is_call {
         "warn"
@@ -134,6 +181,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         None | Some(Command::Serve) => serve(config).await,
         Some(Command::Call(args)) => call(config, args).await,
+        Some(Command::Bench(_)) => unreachable!("bench runs on its own runtime"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -146,6 +194,10 @@ async fn main() -> ExitCode {
 
 async fn serve(config: Config) -> Result<(), String> {
     let shutdown = shutdown_signal();
+    match relaybot::sys::raise_open_file_limit() {
+        Some(limit) => tracing::debug!(limit, "open-file limit"),
+        None => tracing::debug!("open-file limit unknown"),
+    }
     for var in &config.relay.unknown_attributes {
         tracing::warn!(%var, "not a known ConversationRelay attribute; passing it through as written");
     }

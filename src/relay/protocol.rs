@@ -66,34 +66,46 @@ impl Inbound {
     /// [`InboundError`] when the frame is not a JSON object with a string `type`, or when a known
     /// message has fields of the wrong JSON type. An unknown `type` is not an error.
     pub fn parse(text: &str) -> Result<Self, InboundError> {
-        let value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| InboundError::NotJson(e.to_string()))?;
-        if !value.is_object() {
-            return Err(InboundError::NotJson("not an object".into()));
+        /// Only the `type` of a frame, borrowed from it; every other field is skipped unread.
+        #[derive(Deserialize)]
+        struct Tag<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: std::borrow::Cow<'a, str>,
         }
-        let kind = value
-            .get("type")
-            .and_then(serde_json::Value::as_str)
-            .ok_or(InboundError::NoType)?
-            .to_owned();
         fn fields<T: serde::de::DeserializeOwned>(
             kind: &str,
-            value: serde_json::Value,
+            text: &str,
         ) -> Result<T, InboundError> {
-            serde_json::from_value(value).map_err(|e| InboundError::BadFields {
+            serde_json::from_str(text).map_err(|e| InboundError::BadFields {
                 kind: kind.to_owned(),
                 reason: e.to_string(),
             })
         }
-        Ok(match kind.as_str() {
-            "setup" => Inbound::Setup(fields(&kind, value)?),
-            "prompt" => Inbound::Prompt(fields(&kind, value)?),
-            "dtmf" => Inbound::Dtmf(fields(&kind, value)?),
-            "interrupt" => Inbound::Interrupt(fields(&kind, value)?),
-            "error" => Inbound::Error(fields(&kind, value)?),
-            "info" => Inbound::Info(fields(&kind, value)?),
-            _ => Inbound::Unknown { kind },
+        // The type first, then the typed message straight from the text: no intermediate
+        // `serde_json::Value` tree (one allocation per field) on every frame.
+        let Ok(Tag { kind }) = serde_json::from_str::<Tag<'_>>(text) else {
+            return Err(Self::why_untyped(text));
+        };
+        Ok(match kind.as_ref() {
+            "setup" => Inbound::Setup(fields(&kind, text)?),
+            "prompt" => Inbound::Prompt(fields(&kind, text)?),
+            "dtmf" => Inbound::Dtmf(fields(&kind, text)?),
+            "interrupt" => Inbound::Interrupt(fields(&kind, text)?),
+            "error" => Inbound::Error(fields(&kind, text)?),
+            "info" => Inbound::Info(fields(&kind, text)?),
+            _ => Inbound::Unknown {
+                kind: kind.into_owned(),
+            },
         })
+    }
+
+    /// Why a frame has no readable `type` (the rare path: malformed frames).
+    fn why_untyped(text: &str) -> InboundError {
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Err(e) => InboundError::NotJson(e.to_string()),
+            Ok(value) if !value.is_object() => InboundError::NotJson("not an object".into()),
+            Ok(_) => InboundError::NoType,
+        }
     }
 }
 
