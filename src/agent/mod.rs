@@ -73,8 +73,8 @@ pub fn mask_number(number: &str) -> String {
 pub enum Message {
     /// Instructions.
     System {
-        /// Text.
-        content: String,
+        /// Text, shared: every call's history starts with the same prompt.
+        content: Arc<str>,
     },
     /// What the caller said (or pressed).
     User {
@@ -222,7 +222,7 @@ pub struct Agent {
     /// Tools offered to the model.
     pub tools: tools::ToolRegistry,
     /// The system prompt.
-    pub system_prompt: String,
+    pub system_prompt: Arc<str>,
     /// Request sent → first chunk.
     pub first_token_timeout: Duration,
     /// Longest gap between chunks.
@@ -259,7 +259,7 @@ impl Agent {
         Ok(Agent {
             model,
             tools,
-            system_prompt: config.system_prompt.clone(),
+            system_prompt: config.system_prompt.as_str().into(),
             first_token_timeout: config.llm.first_token_timeout,
             idle_timeout: config.llm.idle_timeout,
             max_tool_steps: config.llm.max_tool_steps,

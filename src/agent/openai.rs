@@ -1,35 +1,33 @@
-//! The OpenAI-compatible model: Chat Completions with `stream: true` through async-openai,
-//! pointed at any base URL (OpenAI, vLLM, Ollama, Groq, gateways, or a test fake).
+//! The OpenAI-compatible model: Chat Completions with `stream: true`, pointed at any base URL
+//! (OpenAI, vLLM, Ollama, Groq, gateways, or a test fake).
 //!
-//! Requests use async-openai's typed request structs. Chunks are read with async-openai's
-//! "bring your own type" streaming into the lenient [`Chunk`] below rather than its strict
-//! response type: compatible servers differ in small ways (missing `id`/`created`, finish reasons
-//! such as `eos`, tool-call fragments without `index`), and one odd field must not cost the
-//! caller a reply. Wire format: <https://platform.openai.com/docs/api-reference/chat/streaming>.
+//! Request bodies are async-openai's typed request structs (`CreateChatCompletionRequest`),
+//! serialised with serde. The response is read straight from reqwest's body stream as
+//! server-sent events (the `eventsource-stream` crate) into the lenient [`Chunk`] below. Wire
+//! format: <https://platform.openai.com/docs/api-reference/chat/streaming>.
 //!
-//! async-openai's default transport retries 429/5xx up to three times with backoff of up to 8 s
-//! (longer with `Retry-After`). On a phone line that is dead air, so we give it a plain
-//! transport (`ReqwestService`, no retry layer) and keep the retry decision in the turn
-//! ([`super::turn`]), which knows the caller's deadline.
+//! Why not async-openai's client: its streaming reads the response in a task of its own and
+//! forwards each chunk over an unbounded channel, one more task wake-up per token on the path
+//! every caller waits on; and its default transport retries 429/5xx up to three times with
+//! backoff of up to 8 s, which on a phone line is dead air. Here the turn ([`super::turn`])
+//! polls the HTTP body itself and owns the retry decision, knowing the caller's deadline.
+//! Chunks are read leniently because compatible servers differ in small ways (missing
+//! `id`/`created`, finish reasons such as `eos`, tool-call fragments without `index`), and one
+//! odd field must not cost the caller a reply.
 
-use std::{pin::Pin, time::Duration};
+use std::time::Duration;
 
-use async_openai::{
-    config::OpenAIConfig,
-    error::OpenAIError,
-    middleware::ReqwestService,
-    types::chat::{
-        ChatCompletionMessageToolCall, ChatCompletionMessageToolCalls,
-        ChatCompletionRequestAssistantMessage, ChatCompletionRequestAssistantMessageContent,
-        ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
-        ChatCompletionRequestSystemMessageContent, ChatCompletionRequestToolMessage,
-        ChatCompletionRequestToolMessageContent, ChatCompletionRequestUserMessage,
-        ChatCompletionRequestUserMessageContent, ChatCompletionTool, ChatCompletionTools,
-        CreateChatCompletionRequest, FunctionCall, FunctionObject,
-    },
-    Client,
+use async_openai::types::chat::{
+    ChatCompletionMessageToolCall, ChatCompletionMessageToolCalls,
+    ChatCompletionRequestAssistantMessage, ChatCompletionRequestAssistantMessageContent,
+    ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
+    ChatCompletionRequestSystemMessageContent, ChatCompletionRequestToolMessage,
+    ChatCompletionRequestToolMessageContent, ChatCompletionRequestUserMessage,
+    ChatCompletionRequestUserMessageContent, ChatCompletionTool, ChatCompletionTools,
+    CreateChatCompletionRequest, FunctionCall, FunctionObject,
 };
-use futures::{future::BoxFuture, FutureExt, Stream, StreamExt};
+use eventsource_stream::Eventsource as _;
+use futures::{future::BoxFuture, FutureExt, StreamExt};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -37,7 +35,10 @@ use super::{ChatModel, ChatRequest, Delta, DeltaStream, LlmError, Message};
 
 /// A streaming Chat Completions client for one model at one base URL.
 pub struct OpenAiModel {
-    client: Client<OpenAIConfig>,
+    http: reqwest::Client,
+    /// `{base}/chat/completions`.
+    url: String,
+    api_key: Option<SecretString>,
     model: String,
 }
 
@@ -53,18 +54,15 @@ impl OpenAiModel {
         model: &str,
         connect_timeout: Duration,
     ) -> Result<Self, String> {
-        let config = OpenAIConfig::new().with_api_base(base_url).with_api_key(
-            api_key
-                .map(|k| k.expose_secret().to_owned())
-                .unwrap_or_default(),
-        );
         let http = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
             .build()
             .map_err(|e| format!("cannot build the HTTP client for the model: {e}"))?;
         Ok(OpenAiModel {
-            client: Client::with_config(config).with_http_service(ReqwestService::new(http)),
+            http,
+            url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+            api_key: api_key.cloned(),
             model: model.to_owned(),
         })
     }
@@ -100,7 +98,7 @@ fn to_openai(message: &Message) -> ChatCompletionRequestMessage {
     match message {
         Message::System { content } => {
             ChatCompletionRequestMessage::System(ChatCompletionRequestSystemMessage {
-                content: ChatCompletionRequestSystemMessageContent::Text(content.clone()),
+                content: ChatCompletionRequestSystemMessageContent::Text(content.to_string()),
                 name: None,
             })
         }
@@ -220,37 +218,71 @@ impl Chunk {
     }
 }
 
-fn map_error(error: OpenAIError) -> LlmError {
-    match error {
-        OpenAIError::ApiError(e) => LlmError::Status {
-            status: e.status_code.as_u16(),
-            message: e.api_error.message.chars().take(300).collect(),
-        },
-        OpenAIError::JSONDeserialize(e, _) => LlmError::Decode(e.to_string()),
-        other => LlmError::Transport(other.to_string()),
+/// The error an HTTP error status carries: OpenAI's `{"error":{"message":…}}`, else the body.
+fn status_error(status: u16, body: &str) -> LlmError {
+    #[derive(Deserialize)]
+    struct Body {
+        error: Detail,
+    }
+    #[derive(Deserialize)]
+    struct Detail {
+        #[serde(default)]
+        message: String,
+    }
+    let message = serde_json::from_str::<Body>(body)
+        .map(|b| b.error.message)
+        .unwrap_or_else(|_| body.to_owned());
+    LlmError::Status {
+        status,
+        message: message.chars().take(300).collect(),
     }
 }
 
-type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, OpenAIError>> + Send>>;
-
 impl ChatModel for OpenAiModel {
     fn stream(&self, request: ChatRequest) -> BoxFuture<'static, Result<DeltaStream, LlmError>> {
-        let body = self.build_request(&request);
-        let client = self.client.clone();
+        let body = serde_json::to_vec(&self.build_request(&request));
+        let mut post = self
+            .http
+            .post(&self.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        if let Some(key) = &self.api_key {
+            post = post.bearer_auth(key.expose_secret());
+        }
         async move {
-            let chunks: ChunkStream = client
-                .chat()
-                .create_stream_byot(body)
+            let body = body.map_err(|e| LlmError::Internal(format!("request body: {e}")))?;
+            let response = post
+                .body(body)
+                .send()
                 .await
-                .map_err(map_error)?;
-            let deltas = chunks.flat_map(|chunk| {
-                let items: Vec<Result<Delta, LlmError>> =
-                    match chunk.map_err(map_error).and_then(Chunk::into_deltas) {
+                .map_err(|e| LlmError::Transport(e.to_string()))?;
+            let status = response.status();
+            if !status.is_success() {
+                let text = response.text().await.unwrap_or_default();
+                return Err(status_error(status.as_u16(), &text));
+            }
+            let events = response.bytes_stream().eventsource();
+            let deltas = events
+                .take_while(|event| {
+                    let done = matches!(event, Ok(e) if e.data.trim() == "[DONE]");
+                    futures::future::ready(!done)
+                })
+                .filter(|event| {
+                    let keepalive = matches!(event, Ok(e) if e.event == "keepalive");
+                    futures::future::ready(!keepalive)
+                })
+                .flat_map(|event| {
+                    let deltas = match event {
+                        Ok(event) => serde_json::from_str::<Chunk>(&event.data)
+                            .map_err(|e| LlmError::Decode(e.to_string()))
+                            .and_then(Chunk::into_deltas),
+                        Err(e) => Err(LlmError::Transport(e.to_string())),
+                    };
+                    let items: Vec<Result<Delta, LlmError>> = match deltas {
                         Ok(deltas) => deltas.into_iter().map(Ok).collect(),
                         Err(e) => vec![Err(e)],
                     };
-                futures::stream::iter(items)
-            });
+                    futures::stream::iter(items)
+                });
             Ok(deltas.boxed())
         }
         .boxed()

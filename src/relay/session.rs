@@ -174,9 +174,9 @@ pub struct Session {
     /// finishes streaming long before the caller finishes hearing.
     last_spoken: Option<Spoken>,
     next_turn: TurnId,
-    events_tx: mpsc::Sender<(TurnId, TurnEvent)>,
-    control_tx: mpsc::Sender<ControlMessage>,
-    moved_tx: mpsc::Sender<Result<(), RestError>>,
+    /// The channels from the call's own tasks, made when first needed: a call that never talks
+    /// (most of a contact centre's calls, most of the time) allocates none.
+    inbox: Inbox,
     cancel: CancellationToken,
     outbox: Vec<Outbound>,
     /// When the model chunk behind each queued token was read (relay-overhead metric).
@@ -230,27 +230,59 @@ enum Timer {
     Close,
 }
 
+/// A channel made on first use: its sender for the session's tasks, its receiver for the loop.
+struct Lazy<T> {
+    tx: Option<mpsc::Sender<T>>,
+    rx: Option<mpsc::Receiver<T>>,
+    capacity: usize,
+}
+
+impl<T> Lazy<T> {
+    fn new(capacity: usize) -> Self {
+        Lazy {
+            tx: None,
+            rx: None,
+            capacity,
+        }
+    }
+
+    /// The sender, making the channel the first time.
+    fn sender(&mut self) -> mpsc::Sender<T> {
+        if let Some(tx) = &self.tx {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::channel(self.capacity);
+        self.rx = Some(rx);
+        self.tx.insert(tx).clone()
+    }
+
+    /// The next message; pending forever until the channel exists.
+    async fn recv(&mut self) -> Option<T> {
+        match &mut self.rx {
+            Some(rx) => rx.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
 /// The channels a session's loop reads besides the socket.
-pub struct SessionInbox {
+struct Inbox {
     /// Turn events.
-    pub events: mpsc::Receiver<(TurnId, TurnEvent)>,
+    events: Lazy<(TurnId, TurnEvent)>,
     /// Call-control requests.
-    pub control: mpsc::Receiver<ControlMessage>,
+    control: Lazy<ControlMessage>,
     /// The Calls API's answer to a handoff.
-    pub moved: mpsc::Receiver<Result<(), RestError>>,
+    moved: Lazy<Result<(), RestError>>,
 }
 
 impl Session {
-    /// A new session and the channels its loop must read; `cancel` ends the call's tasks.
+    /// A new session; `cancel` ends the call's tasks.
     pub fn new(
         deps: SessionDeps,
         cancel: CancellationToken,
         span: Span,
         expected_call_sid: Option<String>,
-    ) -> (Self, SessionInbox) {
-        let (events_tx, events) = mpsc::channel(256);
-        let (control_tx, control) = mpsc::channel(16);
-        let (moved_tx, moved) = mpsc::channel(1);
+    ) -> Self {
         let history = vec![Message::System {
             content: deps.agent.system_prompt.clone(),
         }];
@@ -263,9 +295,11 @@ impl Session {
             turn: None,
             last_spoken: None,
             next_turn: 1,
-            events_tx,
-            control_tx,
-            moved_tx,
+            inbox: Inbox {
+                events: Lazy::new(256),
+                control: Lazy::new(16),
+                moved: Lazy::new(1),
+            },
             cancel,
             outbox: Vec::new(),
             relayed: Vec::new(),
@@ -283,14 +317,7 @@ impl Session {
             left_at: None,
             finished: false,
         };
-        (
-            session,
-            SessionInbox {
-                events,
-                control,
-                moved,
-            },
-        )
+        session
     }
 
     /// The conversation so far (system prompt first).
@@ -763,12 +790,12 @@ impl Session {
             id,
             call: self.call.clone(),
             messages: self.history.clone(),
-            control: Some(CallControl::new(self.control_tx.clone())),
+            control: Some(CallControl::new(self.inbox.control.sender())),
             prompt_at: Instant::now(),
         };
         telemetry::metrics().turns.increment(1);
         let agent = self.deps.agent.clone();
-        let events = self.events_tx.clone();
+        let events = self.inbox.events.sender();
         self.deps.tracker.spawn(
             async move {
                 let turn = std::panic::AssertUnwindSafe(run_turn(agent, input, events.clone()))
@@ -794,7 +821,8 @@ impl Session {
     fn trim_history(&mut self) {
         let budget = self.deps.limits.history_max_chars;
         let size = |m: &Message| match m {
-            Message::System { content } | Message::User { content } => content.len(),
+            Message::System { content } => content.len(),
+            Message::User { content } => content.len(),
             Message::Assistant {
                 content,
                 tool_calls,
@@ -1094,7 +1122,7 @@ impl Session {
                         let twiml = studio_redirect_twiml(flow, &data);
                         let client = client.clone();
                         let call_sid = data.call_sid.clone();
-                        let moved = self.moved_tx.clone();
+                        let moved = self.inbox.moved.sender();
                         self.deps.tracker.spawn(
                             async move {
                                 let result = client
@@ -1327,8 +1355,7 @@ pub async fn run(
     let max_frame = deps.limits.max_frame_bytes;
     let wrap_up = deps.wrap_up.clone();
     let resume = deps.resume.clone();
-    let (mut session, mut inbox) =
-        Session::new(deps, cancel.clone(), span.clone(), expected_call_sid);
+    let mut session = Session::new(deps, cancel.clone(), span.clone(), expected_call_sid);
     let (mut sink, mut stream) = socket.split();
     let metrics = telemetry::metrics();
     metrics.calls.increment(1);
@@ -1340,6 +1367,11 @@ pub async fn run(
         // per pass of the loop, which is once per token).
         let timer = tokio::time::sleep_until(Instant::now());
         tokio::pin!(timer);
+        // Likewise one wait for each cancellation (making one takes the token's lock).
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
+        let wrapped = wrap_up.cancelled();
+        tokio::pin!(wrapped);
         let mut armed: Option<Instant> = None;
         loop {
             let deadline = session.next_deadline();
@@ -1352,7 +1384,7 @@ pub async fn run(
             tokio::select! {
                 // Frames first: an interrupt must be seen before more tokens are written.
                 biased;
-                () = cancel.cancelled() => break,
+                () = &mut cancelled => break,
                 frame = stream.next() => match frame {
                     Some(Ok(WsMessage::Text(text))) if text.len() > max_frame => {
                         tracing::warn!(bytes = text.len(), max_frame, "skipping a frame over MAX_FRAME_BYTES");
@@ -1368,10 +1400,10 @@ pub async fn run(
                         break;
                     }
                 },
-                Some((id, event)) = inbox.events.recv() => session.on_turn_event(id, event),
-                Some(request) = inbox.control.recv() => session.on_control(request),
-                Some(result) = inbox.moved.recv() => session.on_moved(result),
-                () = wrap_up.cancelled(), if !wrapped_up => {
+                Some((id, event)) = session.inbox.events.recv() => session.on_turn_event(id, event),
+                Some(request) = session.inbox.control.recv() => session.on_control(request),
+                Some(result) = session.inbox.moved.recv() => session.on_moved(result),
+                () = &mut wrapped, if !wrapped_up => {
                     wrapped_up = true;
                     session.on_wrap_up();
                 }
@@ -1465,7 +1497,7 @@ mod tests {
         limits
     }
 
-    fn session(limits: LimitsConfig) -> (Session, SessionInbox) {
+    fn session(limits: LimitsConfig) -> Session {
         let agent = Agent {
             model: Arc::new(OfflineModel::new(Duration::ZERO)),
             tools: ToolRegistry::new(),
@@ -1493,12 +1525,12 @@ mod tests {
             wrap_up: CancellationToken::new(),
             tracker: TaskTracker::new(),
         };
-        let (mut s, inbox) = Session::new(deps, CancellationToken::new(), Span::none(), None);
+        let mut s = Session::new(deps, CancellationToken::new(), Span::none(), None);
         s.on_message(Inbound::Setup(Box::new(Setup {
             call_sid: "CA1".into(),
             ..Setup::default()
         })));
-        (s, inbox)
+        s
     }
 
     fn speaking(on: bool) -> Inbound {
@@ -1511,7 +1543,7 @@ mod tests {
     /// Silence after the agent spoke: "are you still there?", then a polite end once heard.
     #[tokio::test(start_paused = true)]
     async fn silence_gets_a_reprompt_then_a_polite_end() {
-        let (mut s, _inbox) = session(limits());
+        let mut s = session(limits());
         assert!(
             s.take_outbox().is_empty(),
             "Twilio speaks the greeting itself"
@@ -1549,7 +1581,7 @@ mod tests {
     /// new turn running.
     #[tokio::test(start_paused = true)]
     async fn an_interrupt_racing_a_new_prompt_keeps_the_new_turn() {
-        let (mut s, _inbox) = session(limits());
+        let mut s = session(limits());
         s.on_frame(r#"{"type":"prompt","voicePrompt":"I want a person","last":true}"#);
         s.on_frame(r#"{"type":"interrupt","utteranceUntilInterrupt":"Hel"}"#);
         assert!(s.turn.is_some(), "the new turn goes on");
@@ -1577,7 +1609,7 @@ mod tests {
     /// A caller who is talking (without barging in) is not asked if they are still there.
     #[tokio::test(start_paused = true)]
     async fn a_talking_caller_is_not_idle() {
-        let (mut s, _inbox) = session(limits());
+        let mut s = session(limits());
         s.on_frame(r#"{"type":"info","name":"clientSpeaking","value":"on"}"#);
         tokio::time::advance(Duration::from_secs(30)).await;
         s.on_timer(Instant::now());
@@ -1594,8 +1626,8 @@ mod tests {
     /// With a call token bound, input before `setup` is not answered.
     #[tokio::test]
     async fn nothing_is_answered_before_setup_when_a_token_is_bound() {
-        let (s, _inbox) = session(limits());
-        let (mut fresh, _inbox2) = Session::new(
+        let s = session(limits());
+        let mut fresh = Session::new(
             s.deps.clone(),
             CancellationToken::new(),
             Span::none(),
@@ -1606,22 +1638,22 @@ mod tests {
     }
 
     /// A session whose 60 s limit has just struck: the limit line is out, the exit pending.
-    async fn at_the_time_limit() -> (Session, SessionInbox) {
+    async fn at_the_time_limit() -> Session {
         let mut l = limits();
         l.max_call_duration = Duration::from_secs(60);
         l.idle_reprompt = Duration::from_secs(3600);
-        let (mut s, inbox) = session(l);
+        let mut s = session(l);
         tokio::time::advance(Duration::from_secs(60)).await;
         s.on_timer(Instant::now());
         assert_eq!(s.take_outbox(), vec![Outbound::last("Time is up.")]);
-        (s, inbox)
+        s
     }
 
     /// Talking over a goodbye imposed by a limit does not cancel it (only the model's own
     /// `end_call` yields to the caller).
     #[tokio::test(start_paused = true)]
     async fn limit_goodbyes_are_not_cancelled_by_a_barge_in() {
-        let (mut s, _inbox) = at_the_time_limit().await;
+        let mut s = at_the_time_limit().await;
         s.on_frame(r#"{"type":"interrupt","utteranceUntilInterrupt":"Time"}"#);
         let out = s.take_outbox();
         assert!(matches!(&out[..], [Outbound::End { .. }]), "{out:?}");
@@ -1631,8 +1663,8 @@ mod tests {
     /// Twilio leaves open is closed too.
     #[tokio::test(start_paused = true)]
     async fn sockets_without_setup_or_after_leaving_are_closed() {
-        let (s, _inbox) = session(limits());
-        let (mut idle, _inbox2) =
+        let s = session(limits());
+        let mut idle =
             Session::new(s.deps.clone(), CancellationToken::new(), Span::none(), None);
         tokio::time::advance(SETUP_TIMEOUT).await;
         idle.on_timer(Instant::now());
@@ -1640,7 +1672,7 @@ mod tests {
 
         let mut l = limits();
         l.max_call_duration = Duration::from_secs(1);
-        let (mut s, _inbox) = session(l);
+        let mut s = session(l);
         tokio::time::advance(Duration::from_secs(1)).await;
         s.on_timer(Instant::now());
         s.on_message(speaking(true));
@@ -1656,7 +1688,7 @@ mod tests {
     /// call is never left in silence.
     #[tokio::test(start_paused = true)]
     async fn a_panicking_turn_still_gets_an_apology() {
-        let (mut s, _inbox) = session(limits());
+        let mut s = session(limits());
         s.on_frame(r#"{"type":"prompt","voicePrompt":"hi","last":true}"#);
         let id = s.turn.as_ref().unwrap().id;
         s.on_turn_event(id, TurnEvent::Failed(LlmError::Internal("panic".into())));
@@ -1667,7 +1699,7 @@ mod tests {
     /// are still there.
     #[tokio::test(start_paused = true)]
     async fn no_reprompt_while_the_caller_talks_through() {
-        let (mut s, _inbox) = session(limits());
+        let mut s = session(limits());
         for frame in [
             r#"{"type":"info","name":"agentSpeaking","value":"on"}"#,
             r#"{"type":"info","name":"clientSpeaking","value":"on"}"#,
@@ -1685,7 +1717,7 @@ mod tests {
     /// reply is cut to what was heard.
     #[tokio::test(start_paused = true)]
     async fn an_interrupt_after_a_replacing_prompt_trims_the_replaced_reply() {
-        let (mut s, _inbox) = session(limits());
+        let mut s = session(limits());
         s.on_frame(r#"{"type":"prompt","voicePrompt":"what can you do","last":true}"#);
         let first = s.turn.as_ref().unwrap().id;
         s.on_turn_event(
@@ -1711,7 +1743,7 @@ mod tests {
     /// Caller input resets the silence clock.
     #[tokio::test(start_paused = true)]
     async fn caller_input_resets_the_silence_clock() {
-        let (mut s, _inbox) = session(limits());
+        let mut s = session(limits());
         tokio::time::advance(Duration::from_secs(9)).await;
         s.on_frame(r#"{"type":"interrupt","utteranceUntilInterrupt":""}"#);
         tokio::time::advance(Duration::from_secs(5)).await;
@@ -1723,7 +1755,7 @@ mod tests {
     /// without speaker events.
     #[tokio::test(start_paused = true)]
     async fn the_call_ends_at_its_time_limit() {
-        let (mut s, _inbox) = at_the_time_limit().await;
+        let mut s = at_the_time_limit().await;
         let bound = s.next_deadline().unwrap() - Instant::now();
         assert!(bound <= Duration::from_secs(15), "{bound:?}");
         tokio::time::advance(bound).await;
