@@ -286,7 +286,7 @@ impl Session {
         let history = vec![Message::System {
             content: deps.agent.system_prompt.clone(),
         }];
-        let session = Session {
+        Session {
             deps,
             call: Arc::new(CallContext::default()),
             set_up: false,
@@ -316,8 +316,7 @@ impl Session {
             created: Instant::now(),
             left_at: None,
             finished: false,
-        };
-        session
+        }
     }
 
     /// The conversation so far (system prompt first).
