@@ -70,7 +70,7 @@ pub struct AppState {
     pub handoff: Arc<HandoffDeps>,
     /// Tracks call sessions and their turn tasks, so shutdown can wait for them.
     pub tracker: TaskTracker,
-    /// Cancelled when calls must stop at once (after the drain).
+    /// Cancelled when calls must stop at once (after the drain); always after `wrap_up`.
     pub calls_cancel: CancellationToken,
     /// Cancelled when a shutdown starts: no new calls.
     pub draining: CancellationToken,

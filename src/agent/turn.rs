@@ -326,11 +326,19 @@ where
     let mut partial: BTreeMap<u32, PartialCall> = BTreeMap::new();
     let mut finished = false;
     let mut first = true;
+    // One timer for the gaps between chunks, pushed back after each (not a new one per chunk).
+    let idle = tokio::time::sleep(agent.idle_timeout);
+    tokio::pin!(idle);
     loop {
         let next = if first {
-            with_filler!(tokio::time::timeout_at(deadline, stream.next()))
+            with_filler!(tokio::time::timeout_at(deadline, stream.next())).map_err(|_| ())
         } else {
-            tokio::time::timeout(agent.idle_timeout, stream.next()).await
+            idle.as_mut().reset(Instant::now() + agent.idle_timeout);
+            tokio::select! {
+                biased;
+                next = stream.next() => Ok(next),
+                () = &mut idle => Err(()),
+            }
         };
         let Ok(next) = next else {
             return Err(LlmError::Timeout(if first { "first token" } else { "next chunk" }).into());

@@ -1,11 +1,12 @@
 //! One call: the Conversation Relay WebSocket session.
 //!
-//! One task per call owns all of the call's state ([`Session`]) and the socket's write half; no
-//! lock is shared with anything else. Its loop selects over frames from Twilio, events from the
-//! running turn, requests from call-control tools, the Calls API's answer, a handoff timer, and
-//! the call's cancellation. Turns ([`crate::agent::turn`]) run as separate tasks and report over
-//! a channel, so reading the socket never waits on the model: an `interrupt` is seen while tokens
-//! are still streaming.
+//! One task per call owns all of the call's state ([`Session`]) and the socket; no lock is
+//! shared with anything else. Its loop selects over frames from Twilio, the running turn, events
+//! from it, requests from call-control tools, the Calls API's answer, the call's timer, and the
+//! call's cancellation. A turn ([`crate::agent::turn`]) is a future the loop polls next to the
+//! socket (not a task of its own: that would cost a cross-thread wake-up per token) and reports
+//! over a channel, so reading the socket never waits on the model: an `interrupt` is seen while
+//! tokens are still streaming.
 //!
 //! The decisions are synchronous methods that queue outbound messages ([`Session::on_frame`],
 //! [`Session::on_turn_event`], [`Session::on_control`]); the loop writes the queue to the socket.
@@ -103,7 +104,6 @@ struct Spoken {
 #[derive(Debug)]
 struct ActiveTurn {
     id: TurnId,
-    cancel: CancellationToken,
     /// History index of the caller message that started it.
     start: usize,
     spoken: Spoken,
@@ -170,6 +170,8 @@ pub struct Session {
     history: Vec<Message>,
     transcript: Vec<TranscriptLine>,
     turn: Option<ActiveTurn>,
+    /// The current turn's work (model stream, tools), polled by the session's loop.
+    running: Option<futures::future::BoxFuture<'static, ()>>,
     /// The last finished turn (or the greeting), kept so a late `interrupt` can trim it: the model
     /// finishes streaming long before the caller finishes hearing.
     last_spoken: Option<Spoken>,
@@ -177,7 +179,8 @@ pub struct Session {
     /// The channels from the call's own tasks, made when first needed: a call that never talks
     /// (most of a contact centre's calls, most of the time) allocates none.
     inbox: Inbox,
-    cancel: CancellationToken,
+    /// Closed on our side (write failed, caller gone): the loop stops.
+    closed: bool,
     outbox: Vec<Outbound>,
     /// When the model chunk behind each queued token was read (relay-overhead metric).
     relayed: Vec<Instant>,
@@ -276,10 +279,9 @@ struct Inbox {
 }
 
 impl Session {
-    /// A new session; `cancel` ends the call's tasks.
+    /// A new session.
     pub fn new(
         deps: SessionDeps,
-        cancel: CancellationToken,
         span: Span,
         expected_call_sid: Option<String>,
     ) -> Self {
@@ -293,6 +295,7 @@ impl Session {
             history,
             transcript: Vec::new(),
             turn: None,
+            running: None,
             last_spoken: None,
             next_turn: 1,
             inbox: Inbox {
@@ -300,7 +303,7 @@ impl Session {
                 control: Lazy::new(16),
                 moved: Lazy::new(1),
             },
-            cancel,
+            closed: false,
             outbox: Vec::new(),
             relayed: Vec::new(),
             exit: Exit::Staying,
@@ -663,7 +666,7 @@ impl Session {
                     // yet) are merged into one input: "1234", not four turns.
                     Some(earlier) => {
                         let turn = self.turn.take().expect("checked above");
-                        turn.cancel.cancel();
+                        self.running = None;
                         self.drop_pending_exit(turn.id);
                         self.history.truncate(turn.start);
                         earlier + digit
@@ -773,10 +776,8 @@ impl Session {
         self.history.push(Message::User { content: user_text });
         self.trim_history();
         let start = self.history.len() - 1;
-        let cancel = self.cancel.child_token();
         self.turn = Some(ActiveTurn {
             id,
-            cancel: cancel.clone(),
             start,
             spoken: Spoken::default(),
             step_start: 0,
@@ -795,22 +796,19 @@ impl Session {
         telemetry::metrics().turns.increment(1);
         let agent = self.deps.agent.clone();
         let events = self.inbox.events.sender();
-        self.deps.tracker.spawn(
-            async move {
-                let turn = std::panic::AssertUnwindSafe(run_turn(agent, input, events.clone()))
-                    .catch_unwind();
-                tokio::select! {
-                    () = cancel.cancelled() => {}
-                    outcome = turn => if outcome.is_err() {
-                        // A bug must not leave the caller in silence: the session apologises.
-                        tracing::error!(turn = id, "turn task panicked");
-                        let failed = TurnEvent::Failed(LlmError::Internal("panic".into()));
-                        let _ = events.send((id, failed)).await;
-                    },
-                }
+        // The turn runs inside this call's task (the loop polls it next to the socket), not as
+        // a task of its own: every token would otherwise cost a wake-up on another thread.
+        // A turn stopped early is dropped (see `stop_turn`).
+        self.running = Some(Box::pin(async move {
+            let turn =
+                std::panic::AssertUnwindSafe(run_turn(agent, input, events.clone())).catch_unwind();
+            if turn.await.is_err() {
+                // A bug must not leave the caller in silence: the session apologises.
+                tracing::error!(turn = id, "turn panicked");
+                let failed = TurnEvent::Failed(LlmError::Internal("panic".into()));
+                let _ = events.send((id, failed)).await;
             }
-            .instrument(self.span.clone()),
-        );
+        }));
     }
 
     /// Keeps the history within `HISTORY_MAX_CHARS` (counting the caller's new message, which
@@ -877,7 +875,8 @@ impl Session {
         let Some(mut turn) = self.turn.take() else {
             return;
         };
-        turn.cancel.cancel();
+        // Dropping the turn's future drops the model's HTTP stream and any tool still running.
+        self.running = None;
         self.drop_pending_exit(turn.id);
         if !turn.pending.is_empty() {
             turn.spoken
@@ -1239,12 +1238,16 @@ impl Session {
         let _ = reply.send(answer);
     }
 
-    /// Cancels everything the call owns.
+    /// Stops everything the call owns; the loop then ends the session.
     pub fn close(&mut self) {
-        if let Some(turn) = self.turn.take() {
-            turn.cancel.cancel();
-        }
-        self.cancel.cancel();
+        self.turn = None;
+        self.running = None;
+        self.closed = true;
+    }
+
+    /// Whether [`Session::close`] was called.
+    pub fn closed(&self) -> bool {
+        self.closed
     }
 }
 
@@ -1342,7 +1345,8 @@ fn heard_end(spoken: &str, utterance: &str) -> Option<usize> {
 /// Runs a call over an upgraded socket until either side ends it.
 ///
 /// `expected_call_sid` is the CallSid of the call token the upgrade carried; a `setup` for any
-/// other call closes the socket (policy violation, 1008).
+/// other call closes the socket (policy violation, 1008). `cancel` stops the call at once; it is
+/// only looked at after `deps.wrap_up` (a drain cancels wrap-up first, then this).
 pub async fn run(
     socket: WebSocket,
     deps: SessionDeps,
@@ -1354,7 +1358,7 @@ pub async fn run(
     let max_frame = deps.limits.max_frame_bytes;
     let wrap_up = deps.wrap_up.clone();
     let resume = deps.resume.clone();
-    let mut session = Session::new(deps, cancel.clone(), span.clone(), expected_call_sid);
+    let mut session = Session::new(deps, span.clone(), expected_call_sid);
     let (mut sink, mut stream) = socket.split();
     let metrics = telemetry::metrics();
     metrics.calls.increment(1);
@@ -1366,11 +1370,14 @@ pub async fn run(
         // per pass of the loop, which is once per token).
         let timer = tokio::time::sleep_until(Instant::now());
         tokio::pin!(timer);
-        // Likewise one wait for each cancellation (making one takes the token's lock).
-        let cancelled = cancel.cancelled();
-        tokio::pin!(cancelled);
+        // Likewise one wait for each server signal. Polling one takes its token's lock, so the
+        // loop polls a token of this call's own (not the server-wide one every call shares),
+        // and the stop signal only once the drain has reached wrap-up (it always comes after).
+        let wrap_up = wrap_up.child_token();
         let wrapped = wrap_up.cancelled();
         tokio::pin!(wrapped);
+        let stopped = cancel.cancelled();
+        tokio::pin!(stopped);
         let mut armed: Option<Instant> = None;
         loop {
             let deadline = session.next_deadline();
@@ -1383,7 +1390,7 @@ pub async fn run(
             tokio::select! {
                 // Frames first: an interrupt must be seen before more tokens are written.
                 biased;
-                () = &mut cancelled => break,
+                () = &mut stopped, if wrapped_up => break,
                 frame = stream.next() => match frame {
                     Some(Ok(WsMessage::Text(text))) if text.len() > max_frame => {
                         tracing::warn!(bytes = text.len(), max_frame, "skipping a frame over MAX_FRAME_BYTES");
@@ -1402,6 +1409,7 @@ pub async fn run(
                 Some((id, event)) = session.inbox.events.recv() => session.on_turn_event(id, event),
                 Some(request) = session.inbox.control.recv() => session.on_control(request),
                 Some(result) = session.inbox.moved.recv() => session.on_moved(result),
+                () = drive(&mut session.running) => session.running = None,
                 () = &mut wrapped, if !wrapped_up => {
                     wrapped_up = true;
                     session.on_wrap_up();
@@ -1419,12 +1427,12 @@ pub async fn run(
                 let _ = sink.send(WsMessage::Close(Some(close))).await;
                 break;
             }
-            let finished = session.finished();
+            let finished = session.finished() || session.closed();
             if let Err(e) = write_outbox(&mut session, &mut sink).await {
                 tracing::info!(error = %e, "websocket write failed");
                 session.close();
             }
-            if finished {
+            if finished || session.closed() {
                 break;
             }
         }
@@ -1443,6 +1451,14 @@ pub async fn run(
     }
     .instrument(span)
     .await;
+}
+
+/// Polls the running turn to completion; pending forever when there is none.
+async fn drive(running: &mut Option<futures::future::BoxFuture<'static, ()>>) {
+    match running {
+        Some(turn) => turn.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Writes the session's queued messages: each frame is fed to the socket's buffer and one flush
@@ -1524,7 +1540,7 @@ mod tests {
             wrap_up: CancellationToken::new(),
             tracker: TaskTracker::new(),
         };
-        let mut s = Session::new(deps, CancellationToken::new(), Span::none(), None);
+        let mut s = Session::new(deps, Span::none(), None);
         s.on_message(Inbound::Setup(Box::new(Setup {
             call_sid: "CA1".into(),
             ..Setup::default()
@@ -1626,12 +1642,7 @@ mod tests {
     #[tokio::test]
     async fn nothing_is_answered_before_setup_when_a_token_is_bound() {
         let s = session(limits());
-        let mut fresh = Session::new(
-            s.deps.clone(),
-            CancellationToken::new(),
-            Span::none(),
-            Some("CA1".into()),
-        );
+        let mut fresh = Session::new(s.deps.clone(), Span::none(), Some("CA1".into()));
         fresh.on_frame(r#"{"type":"prompt","voicePrompt":"hi","last":true}"#);
         assert!(fresh.turn.is_none());
     }
@@ -1664,7 +1675,7 @@ mod tests {
     async fn sockets_without_setup_or_after_leaving_are_closed() {
         let s = session(limits());
         let mut idle =
-            Session::new(s.deps.clone(), CancellationToken::new(), Span::none(), None);
+            Session::new(s.deps.clone(), Span::none(), None);
         tokio::time::advance(SETUP_TIMEOUT).await;
         idle.on_timer(Instant::now());
         assert!(idle.finished());
