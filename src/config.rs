@@ -115,7 +115,8 @@ pub struct HandoffConfig {
     /// `HANDOFF_MAX_WAIT_MS` (default 15000 ms): the longest wait for the caller to hear the last
     /// line before the call moves (normally `agentSpeaking off` comes sooner).
     pub max_wait: Duration,
-    /// `API_TOKEN`: bearer token for `GET /calls/{callSid}/handoff`; unset, the endpoint is off.
+    /// `API_TOKEN`: bearer token for `GET /calls/{callSid}/handoff` (unset: that endpoint is off)
+    /// and for `GET /metrics` (unset: open).
     pub api_token: Option<SecretString>,
     /// `HANDOFF_RECORD_TTL_SECS` (default 3600 s): how long handoff records are kept.
     pub record_ttl: Duration,
@@ -213,8 +214,11 @@ pub struct LimitsConfig {
     pub idle_reprompt_line: String,
     /// `IDLE_END_LINE`.
     pub idle_end_line: String,
-    /// `MAX_CONCURRENT_CALLS` (default 200): at the cap, `/twiml` answers with
-    /// `AT_CAPACITY_LINE` and a handoff (if configured) or a hang-up.
+    /// `MAX_CONCURRENT_CALLS` (default 1,000 per instance): at the cap, `/twiml` answers with
+    /// `AT_CAPACITY_LINE` and a handoff (if configured) or a hang-up. A slot is taken when
+    /// `/twiml` answers (held by the call token) and freed when the session ends or the token
+    /// expires unused. The default is what a 2-core box carries with every call streaming at
+    /// once (README, Performance); idle calls cost ~13 KiB each.
     pub max_concurrent_calls: usize,
     /// `AT_CAPACITY_LINE`.
     pub at_capacity_line: String,
@@ -254,6 +258,9 @@ pub const DEFAULT_WELCOME_GREETING: &str = "Hi, this is relaybot. How can I help
 /// Spoken when the model fails mid-turn and `LLM_ERROR_LINE` is unset.
 pub const DEFAULT_ERROR_LINE: &str =
     "Sorry, I'm having trouble answering right now. Could you say that again?";
+
+/// `MAX_CONCURRENT_CALLS` when unset: calls per instance (see [`LimitsConfig::max_concurrent_calls`]).
+pub const DEFAULT_MAX_CONCURRENT_CALLS: u64 = 1000;
 
 /// Twilio's REST API host.
 pub const DEFAULT_TWILIO_API_BASE: &str = "https://api.twilio.com";
@@ -864,7 +871,7 @@ impl Config {
             idle_reprompt: vars.millis("IDLE_REPROMPT_MS", 10_000)?,
             idle_reprompt_line: line("IDLE_REPROMPT_LINE", lines::IDLE_REPROMPT),
             idle_end_line: line("IDLE_END_LINE", lines::IDLE_END),
-            max_concurrent_calls: positive("MAX_CONCURRENT_CALLS", 200, "a whole number")? as usize,
+            max_concurrent_calls: positive("MAX_CONCURRENT_CALLS", DEFAULT_MAX_CONCURRENT_CALLS, "a whole number")? as usize,
             at_capacity_line: line("AT_CAPACITY_LINE", lines::AT_CAPACITY),
             at_capacity_handoff,
             drain_timeout: drain_timeout(vars)?,

@@ -756,7 +756,7 @@ async fn handoff_record(
 }
 
 /// Bytes the WebSocket reads from the socket at a time (tungstenite's default is 128 KiB).
-pub const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+pub const WS_READ_BUFFER_BYTES: usize = 1024;
 /// Bytes of outbound frames buffered before tungstenite writes without a flush (the session
 /// flushes after each batch anyway).
 pub const WS_WRITE_BUFFER_BYTES: usize = 8 * 1024;

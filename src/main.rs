@@ -4,9 +4,6 @@
 
 use std::{process::ExitCode, time::Duration};
 
-/// mimalloc instead of the system allocator: see the README's performance section.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Args, Parser, Subcommand};
 use relaybot::{

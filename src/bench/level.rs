@@ -8,6 +8,7 @@ use super::{
     caller::{self, TurnPlan},
     fake_model,
     report::{Level, LevelKind, ServerUsage, Stats},
+    scrape,
     server::Server,
     usage, Bench,
 };
@@ -43,6 +44,13 @@ impl Bench<'_> {
         };
         let spread = Duration::from_millis(options.token_interval_ms.max(1));
         let progress = progress_bar(kind, calls);
+        let api_token = options.api_token.as_deref().filter(|t| !t.is_empty());
+        let metrics_before = match kind {
+            LevelKind::Streaming => {
+                Some(scrape::scrape(&self.http, &server.target.base, api_token).await)
+            }
+            LevelKind::Idle => None,
+        };
 
         let _ = self.model.take();
         let me = usage::own_pid();
@@ -136,11 +144,26 @@ impl Bench<'_> {
         let rss_peak = sampler.map(usage::RssSampler::stop);
         let memory_after = pid.and_then(usage::memory);
         progress.finish_and_clear();
+        // After the CPU time is read, so the scrape is not counted in it.
+        let server_side = match metrics_before {
+            Some(before) => {
+                let after = scrape::scrape(&self.http, &server.target.base, api_token).await;
+                match before.and_then(|before| after.map(|after| after.since(&before))) {
+                    Ok(side) => Some(side),
+                    Err(e) => {
+                        eprintln!("warning: {calls} calls: no server-side figures: {e}");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
 
         let model = self.model.take();
         let mut level = summarize(kind, calls, turns, options.tokens, outcomes, model);
         level.wall_ms = wall_ms;
         level.server_log = server.log.as_ref().map(|p| p.display().to_string());
+        level.server_side = server_side;
         level.talk_wall_ms = talk_wall_ms;
         level.bench_talk_cpu_ms = bench_talk_before
             .zip(bench_talk_after)
@@ -230,6 +253,7 @@ fn summarize(
         first_token: Stats::from_micros(&mut first_us),
         prompt_to_model: Stats::from_micros(&mut prompt_to_model_us),
         turn_completion: Stats::from_micros(&mut completion_us),
+        server_side: None,
     }
 }
 

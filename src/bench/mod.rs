@@ -20,6 +20,14 @@
 //! - Turn completion: prompt sent → `last: true` read.
 //! - Errors: failed webhooks or upgrades, TwiML without `<ConversationRelay>` (at capacity),
 //!   turns that time out, tokens missing, repeated or out of order.
+//! - The server's own view, from its Prometheus histograms (`GET /metrics`, see
+//!   [`crate::telemetry`]): per token (chunk read → `text` frame flushed), prompt → model
+//!   request, model first token, and turn duration. Each streaming level scrapes the page before
+//!   its calls and after they hang up and reports the difference (so with `--url` only that
+//!   level counts): the count, and p50/p90/p99 as the upper bound of the bucket holding each
+//!   (`≤0.25` ms), not interpolated within it; the buckets run 0.1, 0.25, 0.5, 1, 2.5 … ms. A
+//!   failed scrape is a warning, not an error. `--api-token` (`API_TOKEN`) is sent as the bearer
+//!   token when given; a started server has none.
 //! - Server CPU time (user + system) from `/proc/<pid>` between the first call and the last
 //!   hang-up, per call; its `VmRSS` before the calls, once all are set up, the peak sampled
 //!   every 50 ms, and `VmHWM`. `--idle N` adds a level that holds N silent calls and reports
@@ -37,6 +45,7 @@ mod caller;
 mod fake_model;
 mod level;
 pub mod report;
+mod scrape;
 mod server;
 mod usage;
 
@@ -85,6 +94,10 @@ pub struct BenchOptions {
     /// gets a random one).
     #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
+    /// Bearer token for the --url server's GET /metrics (its API_TOKEN), sent only when given; a
+    /// started server needs none.
+    #[arg(long, env = "API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
     /// The PUBLIC_URL of the --url server, if it has one: signatures are made for it.
     #[arg(long, env = "PUBLIC_URL")]
     pub public_url: Option<String>,

@@ -84,6 +84,62 @@ pub struct Level {
     pub prompt_to_model: Stats,
     /// Prompt sent → `last: true` read.
     pub turn_completion: Stats,
+    /// The server's own latency histograms over this level (streaming levels), from
+    /// `GET /metrics` scraped before and after the calls; `None` for idle levels and when a
+    /// scrape failed.
+    pub server_side: Option<ServerSide>,
+}
+
+/// The server's own view of a streaming level: what its `/metrics` histograms recorded between
+/// a scrape before the calls and one after they hung up.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerSide {
+    /// `relaybot_token_relay_seconds`: model chunk read → its `text` frame flushed.
+    pub relay_per_token: ServerStats,
+    /// `relaybot_prompt_to_model_request_seconds`: `prompt` read → model request started.
+    pub prompt_to_model: ServerStats,
+    /// `relaybot_model_first_token_seconds`: model request started → first streamed chunk.
+    pub model_first_token: ServerStats,
+    /// `relaybot_turn_duration_seconds`: `prompt` read → the turn's `last: true` queued.
+    pub turn_duration: ServerStats,
+}
+
+/// Count and percentiles of one server histogram. A percentile is the upper bound (`le`) of the
+/// first bucket whose cumulative count reaches it, in ms, not interpolated: the percentile is at
+/// most this. It is `"+Inf"` in the JSON when it lies above the largest finite bucket, and
+/// `None` without samples.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServerStats {
+    /// Samples recorded.
+    pub count: u64,
+    /// Median's bucket bound, in ms.
+    #[serde(serialize_with = "bound_ms")]
+    pub p50_ms: Option<f64>,
+    /// 90th percentile's bucket bound, in ms.
+    #[serde(serialize_with = "bound_ms")]
+    pub p90_ms: Option<f64>,
+    /// 99th percentile's bucket bound, in ms.
+    #[serde(serialize_with = "bound_ms")]
+    pub p99_ms: Option<f64>,
+}
+
+/// A bucket bound as a JSON number, or `"+Inf"` (JSON has no infinity).
+fn bound_ms<S: serde::Serializer>(value: &Option<f64>, serializer: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(v) if v.is_infinite() => serializer.serialize_str("+Inf"),
+        Some(v) => serializer.serialize_f64(*v),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// A bucket bound for the table: `≤0.25`, `+Inf` above the largest finite bucket, `-` without
+/// samples.
+fn bound(value: Option<f64>) -> String {
+    match value {
+        None => "-".to_owned(),
+        Some(v) if v.is_infinite() => "+Inf".to_owned(),
+        Some(v) => format!("≤{v}"),
+    }
 }
 
 /// The server's CPU and memory over one level.
@@ -226,7 +282,7 @@ impl Report {
                 "{:<12} {:<26} {:>8} {:>9} {:>9} {:>9} {:>9}",
                 "level", "latency (ms)", "count", "p50", "p90", "p99", "max"
             );
-            for level in streaming {
+            for level in &streaming {
                 let rows = [
                     ("relay per token", &level.relay_per_token),
                     ("first-token relay", &level.first_token),
@@ -250,6 +306,49 @@ impl Report {
                     );
                 }
             }
+        }
+        if !streaming.is_empty() {
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "{:<12} {:<27} {:>8} {:>9} {:>9} {:>9}",
+                "level", "server-side (from /metrics)", "count", "p50", "p90", "p99"
+            );
+            for level in &streaming {
+                let Some(side) = &level.server_side else {
+                    let _ = writeln!(
+                        out,
+                        "{:<12} (no scrape: see the warning)",
+                        level_name(level)
+                    );
+                    continue;
+                };
+                let rows = [
+                    ("relay per token", &side.relay_per_token),
+                    ("prompt → model request", &side.prompt_to_model),
+                    ("model first token", &side.model_first_token),
+                    ("turn duration", &side.turn_duration),
+                ];
+                for (i, (name, stats)) in rows.into_iter().enumerate() {
+                    let label = if i == 0 {
+                        level_name(level)
+                    } else {
+                        String::new()
+                    };
+                    let _ = writeln!(
+                        out,
+                        "{label:<12} {name:<27} {:>8} {:>9} {:>9} {:>9}",
+                        stats.count,
+                        bound(stats.p50_ms),
+                        bound(stats.p90_ms),
+                        bound(stats.p99_ms),
+                    );
+                }
+            }
+            let _ = writeln!(
+                out,
+                "(ms, the server's own clock: ≤X is the upper bound of the histogram bucket holding the percentile, not interpolated)"
+            );
         }
         for level in self
             .levels

@@ -22,6 +22,7 @@ fn bench_smoke_run_reports_numbers_and_no_errors() {
         .current_dir(std::env::temp_dir())
         .env_remove("TWILIO_AUTH_TOKEN")
         .env_remove("PUBLIC_URL")
+        .env_remove("API_TOKEN")
         .env("RUST_LOG", "relaybot=info,warn")
         .args(["bench", "--calls", &calls.to_string()])
         .args(["--turns", &turns.to_string()])
@@ -107,6 +108,27 @@ fn bench_smoke_run_reports_numbers_and_no_errors() {
             );
         }
     }
+    // The server's own histograms, scraped from its /metrics before and after the calls.
+    assert!(stdout.contains("server-side (from /metrics)"), "{stdout}");
+    let side = &streaming["server_side"];
+    assert_eq!(
+        side["relay_per_token"]["count"],
+        calls * turns * tokens,
+        "{side:#}"
+    );
+    assert!(
+        side["relay_per_token"]["p99_ms"]
+            .as_f64()
+            .is_some_and(f64::is_finite),
+        "{side:#}"
+    );
+    for stat in ["prompt_to_model", "model_first_token", "turn_duration"] {
+        assert_eq!(side[stat]["count"], calls * turns, "{stat}: {side:#}");
+    }
+    assert!(
+        levels[1]["server_side"].is_null(),
+        "idle levels are not scraped"
+    );
     // CPU time and memory come from /proc.
     if cfg!(target_os = "linux") {
         let server = &streaming["server"];
