@@ -871,7 +871,11 @@ impl Config {
             idle_reprompt: vars.millis("IDLE_REPROMPT_MS", 10_000)?,
             idle_reprompt_line: line("IDLE_REPROMPT_LINE", lines::IDLE_REPROMPT),
             idle_end_line: line("IDLE_END_LINE", lines::IDLE_END),
-            max_concurrent_calls: positive("MAX_CONCURRENT_CALLS", DEFAULT_MAX_CONCURRENT_CALLS, "a whole number")? as usize,
+            max_concurrent_calls: positive(
+                "MAX_CONCURRENT_CALLS",
+                DEFAULT_MAX_CONCURRENT_CALLS,
+                "a whole number",
+            )? as usize,
             at_capacity_line: line("AT_CAPACITY_LINE", lines::AT_CAPACITY),
             at_capacity_handoff,
             drain_timeout: drain_timeout(vars)?,

@@ -4,7 +4,6 @@
 
 use std::{process::ExitCode, time::Duration};
 
-
 use clap::{Args, Parser, Subcommand};
 use relaybot::{
     agent::tools::ToolRegistry,

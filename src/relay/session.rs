@@ -280,11 +280,7 @@ struct Inbox {
 
 impl Session {
     /// A new session.
-    pub fn new(
-        deps: SessionDeps,
-        span: Span,
-        expected_call_sid: Option<String>,
-    ) -> Self {
+    pub fn new(deps: SessionDeps, span: Span, expected_call_sid: Option<String>) -> Self {
         let history = vec![Message::System {
             content: deps.agent.system_prompt.clone(),
         }];
@@ -1676,8 +1672,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn sockets_without_setup_or_after_leaving_are_closed() {
         let s = session(limits());
-        let mut idle =
-            Session::new(s.deps.clone(), Span::none(), None);
+        let mut idle = Session::new(s.deps.clone(), Span::none(), None);
         tokio::time::advance(SETUP_TIMEOUT).await;
         idle.on_timer(Instant::now());
         assert!(idle.finished());
