@@ -15,7 +15,10 @@
 //! `id`/`created`, finish reasons such as `eos`, tool-call fragments without `index`), and one
 //! odd field must not cost the caller a reply.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use async_openai::types::chat::{
     ChatCompletionMessageToolCall, ChatCompletionMessageToolCalls,
@@ -29,12 +32,20 @@ use async_openai::types::chat::{
 use eventsource_stream::Eventsource as _;
 use futures::{future::BoxFuture, FutureExt, StreamExt};
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
-use super::{ChatModel, ChatRequest, Delta, DeltaStream, LlmError, Message};
+use super::{ChatModel, ChatRequest, Delta, DeltaStream, LlmError, Message, ToolSpec};
+
+/// A tool set and its `tools` array as JSON.
+type ToolsJson = (Arc<[ToolSpec]>, Arc<RawValue>);
 
 /// A streaming Chat Completions client for one model at one base URL.
 pub struct OpenAiModel {
+    /// The last tool set's `tools` array as JSON, kept by the set's identity: every turn of every
+    /// call sends the same tools, and converting their schemas anew costs an allocation per
+    /// JSON node per request.
+    tools_json: Mutex<Option<ToolsJson>>,
     http: reqwest::Client,
     /// `{base}/chat/completions`.
     url: String,
@@ -60,6 +71,7 @@ impl OpenAiModel {
             .build()
             .map_err(|e| format!("cannot build the HTTP client for the model: {e}"))?;
         Ok(OpenAiModel {
+            tools_json: Mutex::new(None),
             http,
             url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
             api_key: api_key.cloned(),
@@ -67,31 +79,77 @@ impl OpenAiModel {
         })
     }
 
-    /// The request body: our history in async-openai's types.
-    pub fn build_request(&self, request: &ChatRequest) -> CreateChatCompletionRequest {
-        let messages = request.messages.iter().map(to_openai).collect();
-        let tools: Vec<ChatCompletionTools> = request
-            .tools
-            .iter()
-            .map(|t| {
-                ChatCompletionTools::Function(ChatCompletionTool {
-                    function: FunctionObject {
-                        name: t.name.clone(),
-                        description: Some(t.description.clone()),
-                        parameters: Some(t.parameters.clone()),
-                        strict: None,
-                    },
-                })
-            })
-            .collect();
+    /// The request in async-openai's types: our history, and the tools when `with_tools`.
+    pub fn build_request(
+        &self,
+        request: &ChatRequest,
+        with_tools: bool,
+    ) -> CreateChatCompletionRequest {
+        let tools = with_tools.then(|| openai_tools(&request.tools));
         CreateChatCompletionRequest {
             model: self.model.clone(),
-            messages,
+            messages: request.messages.iter().map(to_openai).collect(),
             stream: Some(true),
-            tools: (!tools.is_empty()).then_some(tools),
+            tools: tools.filter(|t| !t.is_empty()),
             ..Default::default()
         }
     }
+
+    /// The JSON body of a streaming Chat Completions request: [`OpenAiModel::build_request`]
+    /// without tools, plus the cached `tools` array.
+    ///
+    /// # Errors
+    /// Serialisation failures (not expected for these types).
+    pub fn body(&self, request: &ChatRequest) -> serde_json::Result<Vec<u8>> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            #[serde(flatten)]
+            request: &'a CreateChatCompletionRequest,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            tools: Option<&'a RawValue>,
+        }
+        let tools = if request.tools.is_empty() {
+            None
+        } else {
+            Some(self.tools_json(&request.tools)?)
+        };
+        serde_json::to_vec(&Body {
+            request: &self.build_request(request, false),
+            tools: tools.as_deref(),
+        })
+    }
+
+    fn tools_json(&self, tools: &Arc<[ToolSpec]>) -> serde_json::Result<Arc<RawValue>> {
+        let mut cached = self
+            .tools_json
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((set, json)) = cached.as_ref() {
+            if Arc::ptr_eq(set, tools) {
+                return Ok(json.clone());
+            }
+        }
+        let json: Arc<RawValue> = serde_json::value::to_raw_value(&openai_tools(tools))?.into();
+        *cached = Some((tools.clone(), json.clone()));
+        Ok(json)
+    }
+}
+
+/// Our tool specs as OpenAI function tools.
+fn openai_tools(tools: &[ToolSpec]) -> Vec<ChatCompletionTools> {
+    tools
+        .iter()
+        .map(|t| {
+            ChatCompletionTools::Function(ChatCompletionTool {
+                function: FunctionObject {
+                    name: t.name.clone(),
+                    description: Some(t.description.clone()),
+                    parameters: Some(t.parameters.clone()),
+                    strict: None,
+                },
+            })
+        })
+        .collect()
 }
 
 fn to_openai(message: &Message) -> ChatCompletionRequestMessage {
@@ -240,7 +298,7 @@ fn status_error(status: u16, body: &str) -> LlmError {
 
 impl ChatModel for OpenAiModel {
     fn stream(&self, request: ChatRequest) -> BoxFuture<'static, Result<DeltaStream, LlmError>> {
-        let body = serde_json::to_vec(&self.build_request(&request));
+        let body = self.body(&request);
         let mut post = self
             .http
             .post(&self.url)
@@ -320,7 +378,7 @@ mod tests {
     fn request_carries_history_and_tools() {
         let model =
             OpenAiModel::new("http://127.0.0.1:9/v1", None, "m", Duration::from_secs(1)).unwrap();
-        let body = model.build_request(&ChatRequest {
+        let request = ChatRequest {
             messages: vec![
                 Message::System {
                     content: "s".into(),
@@ -345,8 +403,17 @@ mod tests {
                 parameters: serde_json::json!({"type":"object"}),
             }]
             .into(),
-        });
-        let json = serde_json::to_value(&body).unwrap();
+        };
+        let body = model.body(&request).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            json,
+            serde_json::to_value(model.build_request(&request, true)).unwrap(),
+            "the cached tools serialise as the typed request would"
+        );
+        let again: serde_json::Value =
+            serde_json::from_slice(&model.body(&request).unwrap()).unwrap();
+        assert_eq!(again, json, "from the cache, the same");
         assert_eq!(json["stream"], true);
         assert_eq!(
             json["messages"][1]["tool_calls"][0]["function"]["name"],

@@ -1355,7 +1355,9 @@ pub async fn run(
     let wrap_up = deps.wrap_up.clone();
     let resume = deps.resume.clone();
     let mut session = Session::new(deps, span.clone(), expected_call_sid);
-    let (mut sink, mut stream) = socket.split();
+    // One owner for both directions: reading happens inside the select and writing after it,
+    // so no split (and no lock between the halves on every poll) is needed.
+    let mut socket = socket;
     let metrics = telemetry::metrics();
     metrics.calls.increment(1);
     metrics.calls_live.increment(1.0);
@@ -1387,7 +1389,7 @@ pub async fn run(
                 // Frames first: an interrupt must be seen before more tokens are written.
                 biased;
                 () = &mut stopped, if wrapped_up => break,
-                frame = stream.next() => match frame {
+                frame = socket.next() => match frame {
                     Some(Ok(WsMessage::Text(text))) if text.len() > max_frame => {
                         tracing::warn!(bytes = text.len(), max_frame, "skipping a frame over MAX_FRAME_BYTES");
                     }
@@ -1422,11 +1424,11 @@ pub async fn run(
                     code: axum::extract::ws::close_code::POLICY,
                     reason: "setup does not match the call token".into(),
                 };
-                let _ = sink.send(WsMessage::Close(Some(close))).await;
+                let _ = socket.send(WsMessage::Close(Some(close))).await;
                 break;
             }
             let finished = session.finished() || session.closed();
-            if let Err(e) = write_outbox(&mut session, &mut sink).await {
+            if let Err(e) = write_outbox(&mut session, &mut socket).await {
                 tracing::info!(error = %e, "websocket write failed");
                 session.close();
             }
@@ -1439,7 +1441,7 @@ pub async fn run(
             resume.save(&call_sid, saved);
         }
         // Say goodbye properly when we end the session (a no-op if Twilio already closed).
-        let _ = sink.close().await;
+        let _ = socket.close().await;
         metrics.calls_live.decrement(1.0);
         tracing::info!(
             seconds = started.elapsed().as_secs(),
