@@ -194,7 +194,14 @@ async fn run(cli: Cli) -> ExitCode {
 
 async fn serve(config: Config) -> Result<(), String> {
     let shutdown = shutdown_signal();
+    let cap = config.limits.max_concurrent_calls as u64;
     match relaybot::sys::raise_open_file_limit() {
+        // A streaming call holds two sockets (Twilio's and the model's), plus webhooks.
+        Some(limit) if limit < cap * 2 + 64 => tracing::warn!(
+            limit,
+            max_concurrent_calls = cap,
+            "the open-file limit is too low for MAX_CONCURRENT_CALLS (two sockets a call): raise `ulimit -n` or lower MAX_CONCURRENT_CALLS"
+        ),
         Some(limit) => tracing::debug!(limit, "open-file limit"),
         None => tracing::debug!("open-file limit unknown"),
     }

@@ -17,7 +17,10 @@ use rand::RngExt as _;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::{io::AsyncBufReadExt, net::TcpStream, sync::mpsc};
 use tokio_tungstenite::{
-    tungstenite::{client::IntoClientRequest, Message as WsMessage},
+    tungstenite::{
+        client::IntoClientRequest, handshake::client::Request as UpgradeRequest,
+        Message as WsMessage,
+    },
     MaybeTlsStream, WebSocketStream,
 };
 
@@ -100,6 +103,101 @@ pub fn new_sid(prefix: &str) -> String {
     format!("{prefix}{hex}")
 }
 
+/// What a Twilio caller needs from a `<Response><Connect><ConversationRelay url=…>` answer.
+#[derive(Debug, Clone)]
+pub struct RelayTwiml {
+    /// The `<Connect action>` URL, if any.
+    pub action: Option<String>,
+    /// The `<ConversationRelay>` element.
+    pub relay: twiml::Element,
+    /// Its `url` attribute: the WebSocket URL as Twilio would request (and sign) it.
+    pub url: String,
+}
+
+impl RelayTwiml {
+    /// Reads the `<Connect><ConversationRelay url=…>` of a TwiML document.
+    ///
+    /// # Errors
+    /// [`SimError::Twiml`] when the document is not XML, has no `<Connect>` with a
+    /// `<ConversationRelay>` in it (a server at capacity answers with `<Say>` and `<Hangup>`), or
+    /// the relay has no `url`.
+    pub fn parse(body: &str) -> Result<Self, SimError> {
+        let root = twiml::parse(body).map_err(SimError::Twiml)?;
+        let connect = root
+            .find("Connect")
+            .ok_or_else(|| SimError::Twiml(format!("no <Connect> in {body}")))?;
+        let relay = connect
+            .find("ConversationRelay")
+            .ok_or_else(|| SimError::Twiml(format!("no <ConversationRelay> in {body}")))?;
+        let url = relay
+            .attr("url")
+            .ok_or_else(|| SimError::Twiml("<ConversationRelay> has no url".into()))?
+            .to_owned();
+        Ok(RelayTwiml {
+            action: connect.attr("action").map(str::to_owned),
+            relay: relay.clone(),
+            url,
+        })
+    }
+}
+
+/// The WebSocket URL to dial for a `<ConversationRelay url>` on the server at `base`
+/// (`http://127.0.0.1:8080`): `base`'s host and port (`wss` when `base` is `https`) with
+/// `relay_url`'s path and query, since the TwiML may name a public `wss://` host.
+///
+/// # Errors
+/// [`SimError::Twiml`] when either URL does not parse.
+pub fn local_ws_url(relay_url: &str, base: &str) -> Result<String, SimError> {
+    let parsed = url::Url::parse(relay_url)
+        .map_err(|e| SimError::Twiml(format!("bad url {relay_url:?}: {e}")))?;
+    let local =
+        url::Url::parse(base).map_err(|e| SimError::Twiml(format!("bad base {base:?}: {e}")))?;
+    let scheme = if local.scheme() == "https" {
+        "wss"
+    } else {
+        "ws"
+    };
+    let mut target = format!(
+        "{scheme}://{}{}{}",
+        local.host_str().unwrap_or("127.0.0.1"),
+        local.port().map(|p| format!(":{p}")).unwrap_or_default(),
+        parsed.path()
+    );
+    if let Some(query) = parsed.query() {
+        target.push('?');
+        target.push_str(query);
+    }
+    Ok(target)
+}
+
+/// The WebSocket upgrade request Twilio would send for a `<ConversationRelay url>`, aimed at the
+/// server at `base` (see [`local_ws_url`]) and, when `auth_token` is set, signed over `relay_url`
+/// as written, as Twilio does.
+///
+/// # Errors
+/// [`SimError::Twiml`] for a URL that does not parse, [`SimError::WebSocket`] for a request that
+/// cannot be built.
+pub fn relay_upgrade(
+    relay_url: &str,
+    base: &str,
+    auth_token: Option<&str>,
+) -> Result<UpgradeRequest, SimError> {
+    let target = local_ws_url(relay_url, base)?;
+    let mut request = target
+        .as_str()
+        .into_client_request()
+        .map_err(|e| SimError::WebSocket(format!("request for {target}: {e}")))?;
+    if let Some(token) = auth_token {
+        let sig = signature::sign(token, relay_url, &[]);
+        request.headers_mut().insert(
+            signature::HEADER,
+            sig.parse()
+                .map_err(|_| SimError::WebSocket("bad signature header".into()))?,
+        );
+    }
+    Ok(request)
+}
+
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// One reply of the agent: the text frames up to and including `last: true`.
@@ -176,69 +274,23 @@ impl Caller {
         let base = base.trim_end_matches('/').to_owned();
         let http = http_client(&base)?;
         let account_sid = new_sid("AC");
-        let root = twiml::parse(body).map_err(SimError::Twiml)?;
-        let connect = root
-            .find("Connect")
-            .ok_or_else(|| SimError::Twiml(format!("no <Connect> in {body}")))?;
-        let relay = connect
-            .find("ConversationRelay")
-            .ok_or_else(|| SimError::Twiml(format!("no <ConversationRelay> in {body}")))?
-            .clone();
-        let relay_url = relay
-            .attr("url")
-            .ok_or_else(|| SimError::Twiml("<ConversationRelay> has no url".into()))?
-            .to_owned();
-
-        // Connect to the server we were given, keeping the TwiML's path and query.
-        let parsed = url::Url::parse(&relay_url)
-            .map_err(|e| SimError::Twiml(format!("bad url {relay_url:?}: {e}")))?;
-        let local = url::Url::parse(&base)
-            .map_err(|e| SimError::Twiml(format!("bad base {base:?}: {e}")))?;
-        let scheme = if local.scheme() == "https" {
-            "wss"
-        } else {
-            "ws"
-        };
-        let mut target = format!(
-            "{scheme}://{}{}",
-            local.host_str().unwrap_or("127.0.0.1"),
-            local.port().map(|p| format!(":{p}")).unwrap_or_default()
-        );
-        target.push_str(parsed.path());
-        if let Some(query) = parsed.query() {
-            target.push('?');
-            target.push_str(query);
-        }
-        let mut request = target
-            .as_str()
-            .into_client_request()
-            .map_err(|e| SimError::WebSocket(e.to_string()))?;
-        if let Some(token) = &options.auth_token {
-            let sig = signature::sign(token.expose_secret(), &relay_url, &[]);
-            request.headers_mut().insert(
-                signature::HEADER,
-                sig.parse()
-                    .map_err(|_| SimError::WebSocket("bad signature header".into()))?,
-            );
-        }
+        let RelayTwiml { action, relay, url } = RelayTwiml::parse(body)?;
+        let request = relay_upgrade(
+            &url,
+            &base,
+            options.auth_token.as_ref().map(|t| t.expose_secret()),
+        )?;
+        let target = request.uri().to_string();
         let (socket, _) = tokio_tungstenite::connect_async(request)
             .await
             .map_err(|e| SimError::WebSocket(format!("cannot connect to {target}: {e}")))?;
 
-        let custom_parameters = relay
-            .children_named("Parameter")
-            .filter_map(|p| {
-                Some((
-                    p.attr("name")?.to_owned(),
-                    p.attr("value").unwrap_or_default().to_owned(),
-                ))
-            })
-            .collect();
+        let custom_parameters = relay.parameters();
         let session_id = new_sid("VX");
         let mut caller = Caller {
             call_sid: call_sid.clone(),
             session_id: session_id.clone(),
-            action: connect.attr("action").map(str::to_owned),
+            action,
             relay,
             base,
             options: options.clone(),
@@ -854,4 +906,53 @@ async fn on_frame(
         _ => {}
     }
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_twiml_reads_connect_and_conversation_relay() {
+        let twiml = r#"<Response><Connect action="https://pub.example/action"><ConversationRelay url="wss://pub.example/ws?t=1"><Parameter name="k" value="v"/></ConversationRelay></Connect></Response>"#;
+        let relay = RelayTwiml::parse(twiml).unwrap();
+        assert_eq!(relay.action.as_deref(), Some("https://pub.example/action"));
+        assert_eq!(relay.url, "wss://pub.example/ws?t=1");
+        assert_eq!(relay.relay.parameters()["k"], "v");
+        for bad in [
+            "<Response><Say>busy</Say><Hangup/></Response>",
+            "<Response><Connect/></Response>",
+            "<Response><Connect><ConversationRelay/></Connect></Response>",
+            "<Response>",
+        ] {
+            assert!(
+                matches!(RelayTwiml::parse(bad), Err(SimError::Twiml(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_upgrade_goes_to_the_local_server_and_is_signed_as_written() {
+        let relay_url = "wss://pub.example/ws?t=1&b=2";
+        assert_eq!(
+            local_ws_url(relay_url, "http://127.0.0.1:8080").unwrap(),
+            "ws://127.0.0.1:8080/ws?t=1&b=2"
+        );
+        assert_eq!(
+            local_ws_url("wss://pub.example/ws", "https://localhost").unwrap(),
+            "wss://localhost/ws"
+        );
+        assert!(local_ws_url("not a url", "http://127.0.0.1:8080").is_err());
+        assert!(local_ws_url(relay_url, "127.0.0.1:8080/").is_err());
+
+        let unsigned = relay_upgrade(relay_url, "http://127.0.0.1:8080", None).unwrap();
+        assert_eq!(unsigned.uri(), "ws://127.0.0.1:8080/ws?t=1&b=2");
+        assert!(unsigned.headers().get(signature::HEADER).is_none());
+        let signed = relay_upgrade(relay_url, "http://127.0.0.1:8080", Some("secret")).unwrap();
+        assert_eq!(
+            signed.headers()[signature::HEADER],
+            signature::sign("secret", relay_url, &[]).as_str()
+        );
+    }
 }

@@ -1,7 +1,7 @@
 //! Metrics: what `GET /metrics` serves, in the Prometheus text format.
 //!
 //! Recorded through the `metrics` facade into `metrics-exporter-prometheus`'s recorder,
-//! installed process-wide the first time [`metrics`] is called (every server does, when its
+//! installed process-wide the first time [`metrics()`] is called (every server does, when its
 //! state is built). Hot-path handles (per token, per turn) are registered once and kept in
 //! [`Metrics`], so recording is an atomic add, not a registry look-up. Durations are in
 //! **seconds** (Prometheus' base unit) with fixed buckets from 100 µs to 60 s ([`BUCKETS`]), so

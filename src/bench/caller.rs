@@ -8,15 +8,15 @@ use std::{borrow::Cow, time::Duration};
 use futures::{SinkExt as _, StreamExt as _};
 use tokio::net::TcpStream;
 use tokio_tungstenite::{
-    tungstenite::{client::IntoClientRequest as _, protocol::WebSocketConfig, Message},
+    tungstenite::{protocol::WebSocketConfig, Message},
     MaybeTlsStream, WebSocketStream,
 };
 
 use super::Clock;
 use crate::{
     relay::protocol::{Inbound, Setup},
-    simulator::new_sid,
-    twilio::{signature, twiml},
+    simulator::{new_sid, relay_upgrade, RelayTwiml},
+    twilio::signature,
 };
 
 /// The server the callers ring.
@@ -98,55 +98,12 @@ pub(crate) async fn dial(http: &reqwest::Client, target: &Target) -> Result<Call
         return Err(format!("POST /twiml: HTTP {status}: {body}"));
     }
 
-    let root = twiml::parse(&body).map_err(|e| format!("TwiML: {e}"))?;
-    let relay = root
-        .find("Connect")
-        .and_then(|c| c.find("ConversationRelay"))
-        .ok_or_else(|| format!("no <Connect><ConversationRelay> in the TwiML: {body}"))?;
-    let relay_url = relay
-        .attr("url")
-        .ok_or("<ConversationRelay> has no url")?
-        .to_owned();
-    let custom_parameters = relay
-        .children_named("Parameter")
-        .filter_map(|p| {
-            Some((
-                p.attr("name")?.to_owned(),
-                p.attr("value").unwrap_or_default().to_owned(),
-            ))
-        })
-        .collect();
-
     // Connect to the server we were given, keeping the TwiML URL's path and query (it may name
     // a public wss:// host), and sign the URL as written, as Twilio does.
-    let parsed = url::Url::parse(&relay_url).map_err(|e| format!("bad url {relay_url:?}: {e}"))?;
-    let local = url::Url::parse(&target.base).map_err(|e| format!("bad base: {e}"))?;
-    let scheme = if local.scheme() == "https" {
-        "wss"
-    } else {
-        "ws"
-    };
-    let mut ws_url = format!(
-        "{scheme}://{}{}{}",
-        local.host_str().unwrap_or("127.0.0.1"),
-        local.port().map(|p| format!(":{p}")).unwrap_or_default(),
-        parsed.path()
-    );
-    if let Some(query) = parsed.query() {
-        ws_url.push('?');
-        ws_url.push_str(query);
-    }
-    let mut upgrade = ws_url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| format!("websocket request: {e}"))?;
-    if let Some(token) = &target.auth_token {
-        let sig = signature::sign(token, &relay_url, &[]);
-        upgrade.headers_mut().insert(
-            signature::HEADER,
-            sig.parse().map_err(|_| "bad signature header")?,
-        );
-    }
+    let relay = RelayTwiml::parse(&body).map_err(|e| e.to_string())?;
+    let custom_parameters = relay.relay.parameters();
+    let upgrade = relay_upgrade(&relay.url, &target.base, target.auth_token.as_deref())
+        .map_err(|e| e.to_string())?;
     // The default 128 KiB read buffer per socket would dominate the bench's own memory.
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)

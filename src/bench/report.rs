@@ -218,6 +218,31 @@ fn level_name(level: &Level) -> String {
     }
 }
 
+/// Writes one level's block of labelled stat rows: the level's name on the first row only, the
+/// row's name left-aligned in `name_width`, then its `cells` right-aligned (the first, the
+/// count, in 8 columns, the others in 9), as under the tables' headers.
+fn stat_rows<T>(
+    out: &mut String,
+    level: &Level,
+    name_width: usize,
+    rows: &[(&str, &T)],
+    cells: impl Fn(&T) -> Vec<String>,
+) {
+    for (i, (name, stats)) in rows.iter().enumerate() {
+        let label = if i == 0 {
+            level_name(level)
+        } else {
+            String::new()
+        };
+        let _ = write!(out, "{label:<12} {name:<name_width$}");
+        for (j, cell) in cells(stats).iter().enumerate() {
+            let width = if j == 0 { 8 } else { 9 };
+            let _ = write!(out, " {cell:>width$}");
+        }
+        let _ = writeln!(out);
+    }
+}
+
 impl Report {
     /// The aligned tables printed at the end of a run.
     pub fn table(&self) -> String {
@@ -289,22 +314,15 @@ impl Report {
                     ("prompt → model request", &level.prompt_to_model),
                     ("turn completion", &level.turn_completion),
                 ];
-                for (i, (name, stats)) in rows.into_iter().enumerate() {
-                    let label = if i == 0 {
-                        level_name(level)
-                    } else {
-                        String::new()
-                    };
-                    let _ = writeln!(
-                        out,
-                        "{label:<12} {name:<26} {:>8} {:>9} {:>9} {:>9} {:>9}",
-                        stats.count,
+                stat_rows(&mut out, level, 26, &rows, |stats| {
+                    vec![
+                        stats.count.to_string(),
                         opt(stats.p50_ms, 3),
                         opt(stats.p90_ms, 3),
                         opt(stats.p99_ms, 3),
                         opt(stats.max_ms, 3),
-                    );
-                }
+                    ]
+                });
             }
         }
         if !streaming.is_empty() {
@@ -329,21 +347,14 @@ impl Report {
                     ("model first token", &side.model_first_token),
                     ("turn duration", &side.turn_duration),
                 ];
-                for (i, (name, stats)) in rows.into_iter().enumerate() {
-                    let label = if i == 0 {
-                        level_name(level)
-                    } else {
-                        String::new()
-                    };
-                    let _ = writeln!(
-                        out,
-                        "{label:<12} {name:<27} {:>8} {:>9} {:>9} {:>9}",
-                        stats.count,
+                stat_rows(&mut out, level, 27, &rows, |stats| {
+                    vec![
+                        stats.count.to_string(),
                         bound(stats.p50_ms),
                         bound(stats.p90_ms),
                         bound(stats.p99_ms),
-                    );
-                }
+                    ]
+                });
             }
             let _ = writeln!(
                 out,
@@ -399,5 +410,102 @@ mod tests {
         assert_eq!(stats.count, 3);
         assert_eq!(stats.p50_ms, Some(2.0));
         assert_eq!(stats.max_ms, Some(3.0));
+    }
+
+    fn level(kind: LevelKind, calls: usize, server_side: Option<ServerSide>) -> Level {
+        let stats = |ms: f64| Stats {
+            count: 40,
+            p50_ms: Some(ms),
+            p90_ms: Some(ms * 2.0),
+            p99_ms: Some(ms * 3.0),
+            max_ms: Some(ms * 4.0),
+        };
+        Level {
+            kind,
+            calls,
+            calls_held: calls,
+            turns: 2,
+            tokens_per_turn: 10,
+            wall_ms: 1500.0,
+            talk_wall_ms: 1000.0,
+            errors: 0,
+            error_messages: Vec::new(),
+            model_requests: 2 * calls,
+            server: None,
+            bench_cpu_ms: Some(12.5),
+            bench_talk_cpu_ms: Some(10.0),
+            server_log: None,
+            relay_per_token: stats(0.125),
+            first_token: stats(0.5),
+            prompt_to_model: Stats::default(),
+            turn_completion: stats(20.0),
+            server_side,
+        }
+    }
+
+    #[test]
+    fn stat_tables_label_the_first_row_of_each_level() {
+        let server = |le: Option<f64>| ServerStats {
+            count: 7,
+            p50_ms: le,
+            p90_ms: le,
+            p99_ms: Some(f64::INFINITY),
+        };
+        let report = Report {
+            settings: Settings {
+                server: "child".into(),
+                model_url: "http://127.0.0.1:1".into(),
+                turns: 2,
+                tokens: 10,
+                first_token_ms: 0,
+                token_interval_ms: 0,
+                turn_timeout_ms: 1000,
+                open_file_limit: None,
+            },
+            levels: vec![
+                level(
+                    LevelKind::Streaming,
+                    10,
+                    Some(ServerSide {
+                        relay_per_token: server(Some(0.25)),
+                        prompt_to_model: server(None),
+                        model_first_token: server(Some(1.0)),
+                        turn_duration: server(Some(25.0)),
+                    }),
+                ),
+                level(LevelKind::Streaming, 20, None),
+                level(LevelKind::Idle, 30, None),
+            ],
+        };
+        let table = report.table();
+        let lines: Vec<&str> = table.lines().collect();
+        let at = |prefix: &str| {
+            lines
+                .iter()
+                .position(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no line starting {prefix:?} in\n{table}"))
+        };
+        let latency = at("level        latency (ms)");
+        assert_eq!(
+            &lines[latency + 1..latency + 5],
+            [
+                "10 calls     relay per token                  40     0.125     0.250     0.375     0.500",
+                "             first-token relay                40     0.500     1.000     1.500     2.000",
+                "             prompt → model request            0         -         -         -         -",
+                "             turn completion                  40    20.000    40.000    60.000    80.000",
+            ]
+        );
+        assert!(lines[latency + 5].starts_with("20 calls     relay per token "));
+        let server_side = at("level        server-side (from /metrics)");
+        assert_eq!(
+            &lines[server_side + 1..server_side + 6],
+            [
+                "10 calls     relay per token                    7     ≤0.25     ≤0.25      +Inf",
+                "             prompt → model request             7         -         -      +Inf",
+                "             model first token                  7        ≤1        ≤1      +Inf",
+                "             turn duration                      7       ≤25       ≤25      +Inf",
+                "20 calls     (no scrape: see the warning)",
+            ]
+        );
     }
 }

@@ -292,6 +292,20 @@ impl Element {
     pub fn children_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Element> + 'a {
         self.children.iter().filter(move |c| c.name == name)
     }
+
+    /// The `<Parameter name=… value=…>` children, name → value, as Twilio passes them on in
+    /// `setup.customParameters`: a `<Parameter>` without `name` is skipped, one without `value`
+    /// maps to the empty string, and a repeated name keeps its last value.
+    pub fn parameters(&self) -> std::collections::BTreeMap<String, String> {
+        self.children_named("Parameter")
+            .filter_map(|p| {
+                Some((
+                    p.attr("name")?.to_owned(),
+                    p.attr("value").unwrap_or_default().to_owned(),
+                ))
+            })
+            .collect()
+    }
 }
 
 /// Parses a TwiML document into its root element.
@@ -483,5 +497,17 @@ mod tests {
             empty_response(),
             r#"<?xml version="1.0" encoding="UTF-8"?><Response/>"#
         );
+    }
+
+    #[test]
+    fn parameters_map_names_to_values() {
+        let root = parse(
+            r#"<ConversationRelay url="wss://h/ws"><Language code="fr-FR"/><Parameter name="a" value="1 &amp; 2"/><Parameter name="b"/><Parameter value="nameless"/><Parameter name="a" value="3"/></ConversationRelay>"#,
+        )
+        .unwrap();
+        let parameters = root.parameters();
+        assert_eq!(parameters.len(), 2);
+        assert_eq!(parameters["a"], "3");
+        assert_eq!(parameters["b"], "");
     }
 }

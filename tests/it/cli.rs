@@ -178,3 +178,31 @@ fn serve_exits_cleanly_on_sigterm() {
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l.contains("draining")), "{rest:?}");
 }
+
+/// With `RUST_LOG=relaybot=debug`, every turn logs one `turn finished` line with its stage
+/// timings and the callSid (read from the process's own log, as an operator would).
+#[test]
+fn each_turn_logs_its_stage_timings() {
+    let (output, _) = call(
+        &[("RUST_LOG", "relaybot=debug")],
+        &["hello", "who are you?"],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("turn finished"))
+        .collect();
+    assert_eq!(lines.len(), 2, "one line per turn:\n{stderr}");
+    for line in lines {
+        for field in [
+            "call_sid=CA",
+            "prompt_to_model_request_ms=",
+            "model_first_token_ms=",
+            "turn_ms=",
+            "steps=1",
+            "ok=true",
+        ] {
+            assert!(line.contains(field), "{field} in {line}");
+        }
+    }
+}

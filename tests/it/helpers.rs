@@ -1,6 +1,9 @@
 //! `spawn_app`: the real server on 127.0.0.1:0 with a fake model, and a Twilio-side caller.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use relaybot::{
     agent::tools::ToolRegistry,
@@ -106,4 +109,44 @@ pub async fn reply(caller: &mut Caller) -> Reply {
 /// The `messages` of a model request.
 pub fn messages(request: &serde_json::Value) -> &Vec<serde_json::Value> {
     request["messages"].as_array().expect("messages array")
+}
+
+/// Log output captured in memory (see [`capture_logs`]).
+#[derive(Clone, Default)]
+pub struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLogs {
+    type Writer = CapturedLogs;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// Captures this thread's logs at `filter` while the guard lives (a `#[tokio::test]` runs the
+/// server on the test's thread, so its logs are captured too).
+pub fn capture_logs(filter: &str) -> (CapturedLogs, tracing::subscriber::DefaultGuard) {
+    let logs = CapturedLogs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .finish();
+    (logs, tracing::subscriber::set_default(subscriber))
 }

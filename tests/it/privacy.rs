@@ -1,43 +1,14 @@
 //! What must never reach the logs: secrets, call tokens, DTMF digits, full caller numbers.
 
-use std::sync::{Arc, Mutex};
-
 use relaybot::{agent::tools::ToolRegistry, simulator::DialOptions, twilio::twiml};
-use tracing_subscriber::fmt::MakeWriter;
 
-use crate::helpers::{reply, spawn_app_with};
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
+use crate::helpers::{capture_logs, reply, spawn_app_with};
 
 /// A whole call at the most verbose log level, with keypresses, a refused upgrade and a
 /// handoff: the logs hold none of the secrets, the call token, the digits or the number.
 #[tokio::test]
 async fn logs_never_hold_secrets_tokens_digits_or_numbers() {
-    let logs = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(logs.clone())
-        .with_env_filter("trace")
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = capture_logs("trace");
 
     let mut app = spawn_app_with(
         &[
@@ -78,7 +49,7 @@ async fn logs_never_hold_secrets_tokens_digits_or_numbers() {
     let _ = tokio_tungstenite::connect_async(replay).await;
     caller.hang_up().await;
 
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     assert!(
         text.contains("caller pressed a key"),
         "the keypresses were logged as events"
