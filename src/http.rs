@@ -87,6 +87,8 @@ pub struct AppState {
     /// `http://ip:port` we listen on, used as the signed URL's base when `PUBLIC_URL` is unset
     /// (loopback binds only).
     pub local_base: Arc<OnceLock<String>>,
+    /// `config.limits`, shared by every call (not copied per call).
+    pub limits: Arc<crate::config::LimitsConfig>,
 }
 
 /// How long one Calls API request may take before it is retried.
@@ -138,6 +140,7 @@ impl AppState {
             )),
             call_slots: Arc::new(Semaphore::new(config.limits.max_concurrent_calls)),
             resume: ResumeStore::new(config.limits.reconnect_grace),
+            limits: Arc::new(config.limits.clone()),
             config: Arc::new(config),
             agent: Arc::new(agent),
             handoff: Arc::new(handoff),
@@ -440,10 +443,15 @@ async fn voice_webhook(
     let call_sid = hook.call_sid.clone().unwrap_or_default();
     // The call's slot is taken now, not at the upgrade: a burst past the cap gets the polite
     // line here instead of a refused WebSocket (which Twilio reports as a failed session).
+    // A retried webhook for the same call reuses the slot its first answer reserved.
     let slot = if state.draining.is_cancelled() {
         Err("shutting down")
     } else {
-        reserve_call_slot(&state).ok_or("at MAX_CONCURRENT_CALLS")
+        state
+            .call_tokens
+            .take_slot(&call_sid)
+            .or_else(|| reserve_call_slot(&state))
+            .ok_or("at MAX_CONCURRENT_CALLS")
     };
     match slot {
         Ok(slot) => xml(relay_twiml(&state, &headers, &hook, None, slot)),
@@ -565,6 +573,9 @@ async fn connect_action(
         error_message = callback.error_message.as_deref(),
         "conversation relay session ended"
     );
+    // The session is over: a token still unredeemed for this call will not be used, so its
+    // slot is freed now rather than when the token expires.
+    state.call_tokens.release_call(&call_sid);
     let record = state.handoff.store.get(&call_sid);
     let moved = record
         .as_ref()
@@ -811,7 +822,7 @@ async fn relay_socket(
         welcome_greeting: state.config.welcome_greeting.clone(),
         error_line: state.config.error_line.clone(),
         handoff: state.handoff.clone(),
-        limits: Arc::new(limits.clone()),
+        limits: state.limits.clone(),
         human_available: state.human_available(),
         resume: state.resume.clone(),
         wrap_up: state.wrap_up.clone(),

@@ -152,7 +152,37 @@ pub struct CallTokens {
     ttl: Duration,
     used: Mutex<(HashMap<String, Instant>, Sweep)>,
     /// Minted and not yet redeemed: callers who have their TwiML but have not connected yet.
-    pending: Mutex<(HashMap<String, Pending>, Sweep)>,
+    pending: Mutex<PendingTokens>,
+}
+
+/// Tokens waiting for their upgrade, by token and by CallSid.
+#[derive(Default)]
+struct PendingTokens {
+    by_token: HashMap<String, Pending>,
+    /// The newest pending token of each call: a retried webhook for the same call reuses its
+    /// slot instead of taking another.
+    by_call: HashMap<String, String>,
+    sweep: Sweep,
+}
+
+impl PendingTokens {
+    fn remove(&mut self, token: &str) -> Option<Pending> {
+        let pending = self.by_token.remove(token)?;
+        if self
+            .by_call
+            .get(&pending.call_sid)
+            .is_some_and(|t| t == token)
+        {
+            self.by_call.remove(&pending.call_sid);
+        }
+        Some(pending)
+    }
+
+    fn drop_expired(&mut self, now_ms: u64) {
+        self.by_token.retain(|_, p| p.expires_ms > now_ms);
+        let by_token = &self.by_token;
+        self.by_call.retain(|_, token| by_token.contains_key(token));
+    }
 }
 
 /// A minted token waiting for its upgrade.
@@ -161,6 +191,8 @@ struct Pending {
     expires_ms: u64,
     /// The call slot reserved for it, if any.
     slot: Option<OwnedSemaphorePermit>,
+    /// The call it was minted for (as the webhook gave it).
+    call_sid: String,
 }
 
 impl std::fmt::Debug for CallTokens {
@@ -188,7 +220,7 @@ impl CallTokens {
             key,
             ttl,
             used: Mutex::new((HashMap::new(), Sweep::default())),
-            pending: Mutex::new((HashMap::new(), Sweep::default())),
+            pending: Mutex::new(PendingTokens::default()),
         }
     }
 
@@ -215,28 +247,54 @@ impl CallTokens {
         let now = now_ms();
         let expires_ms = now + self.ttl.as_millis() as u64;
         let token = self.mint_expiring_at(call_sid, expires_ms);
-        let mut guard = self.lock_pending();
-        let (pending, sweep) = &mut *guard;
-        if sweep.due(Instant::now()) {
-            pending.retain(|_, p| p.expires_ms > now);
+        let mut pending = self.lock_pending();
+        if pending.sweep.due(Instant::now()) {
+            pending.drop_expired(now);
         }
-        pending.insert(token.clone(), Pending { expires_ms, slot });
+        if !call_sid.is_empty() {
+            if let Some(older) = pending.by_call.insert(call_sid.to_owned(), token.clone()) {
+                pending.by_token.remove(&older);
+            }
+        }
+        pending.by_token.insert(
+            token.clone(),
+            Pending {
+                expires_ms,
+                slot,
+                call_sid: call_sid.to_owned(),
+            },
+        );
         token
     }
 
-    fn lock_pending(&self) -> std::sync::MutexGuard<'_, (HashMap<String, Pending>, Sweep)> {
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, PendingTokens> {
         self.pending
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The call slot held by `call_sid`'s unredeemed token, taken from it (the token still
+    /// works, without a slot). A retried webhook for a call reuses its slot this way.
+    pub fn take_slot(&self, call_sid: &str) -> Option<OwnedSemaphorePermit> {
+        let now = now_ms();
+        let mut pending = self.lock_pending();
+        let token = pending.by_call.get(call_sid)?.clone();
+        let entry = pending.remove(&token)?;
+        (entry.expires_ms > now).then_some(entry.slot).flatten()
+    }
+
+    /// Drops `call_sid`'s unredeemed token and frees its slot: the session it was for has ended
+    /// (Twilio requested `/action`), so nobody will connect with it.
+    pub fn release_call(&self, call_sid: &str) {
+        drop(self.take_slot(call_sid));
+    }
+
     /// Drops the tokens whose time is up, freeing the call slots they held. Returns how many
     /// are still pending.
     pub fn release_expired(&self) -> usize {
-        let now = now_ms();
-        let mut guard = self.lock_pending();
-        guard.0.retain(|_, p| p.expires_ms > now);
-        guard.0.len()
+        let mut pending = self.lock_pending();
+        pending.drop_expired(now_ms());
+        pending.by_token.len()
     }
 
     /// Tokens minted and neither redeemed nor expired: calls about to connect (a drain waits for
@@ -275,7 +333,7 @@ impl CallTokens {
         let token = token
             .filter(|t| !t.is_empty())
             .ok_or(CallTokenError::Missing)?;
-        let slot = self.lock_pending().0.remove(token).and_then(|p| p.slot);
+        let slot = self.lock_pending().remove(token).and_then(|p| p.slot);
         let mut parts = token.splitn(3, '.');
         let (Some(call_sid), Some(expires), Some(mac)) = (parts.next(), parts.next(), parts.next())
         else {
@@ -441,5 +499,27 @@ mod tests {
         );
         drop(first);
         assert_eq!(slots.available_permits(), 1);
+    }
+
+    /// A retried webhook for a call reuses its slot; `/action` frees an unused one.
+    #[test]
+    fn one_slot_per_call_however_often_its_webhook_comes() {
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(2));
+        let tokens = CallTokens::new(None, Duration::from_secs(60));
+        let _first = tokens.mint_reserved("CA1", slots.clone().try_acquire_owned().unwrap());
+        // The retry: the webhook handler takes the call's slot and mints a new token with it.
+        let slot = tokens.take_slot("CA1").expect("the call's slot");
+        let second = tokens.mint_reserved("CA1", slot);
+        assert_eq!(slots.available_permits(), 1, "still one slot for CA1");
+        assert_eq!(tokens.pending(), 1);
+        tokens.release_call("CA1");
+        assert_eq!(slots.available_permits(), 2, "freed when the session ended");
+        let (call_sid, slot) = tokens.redeem_with_slot(Some(&second)).unwrap();
+        assert_eq!(call_sid, "CA1");
+        assert!(
+            slot.is_none(),
+            "a released token still works, without a slot"
+        );
+        assert!(tokens.take_slot("CA-unknown").is_none());
     }
 }

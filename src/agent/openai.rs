@@ -29,6 +29,7 @@ use async_openai::types::chat::{
     ChatCompletionRequestUserMessageContent, ChatCompletionTool, ChatCompletionTools,
     CreateChatCompletionRequest, FunctionCall, FunctionObject,
 };
+use bytes::Bytes;
 use eventsource_stream::Eventsource as _;
 use futures::{future::BoxFuture, FutureExt, StreamExt};
 use secrecy::{ExposeSecret, SecretString};
@@ -205,6 +206,7 @@ fn to_openai(message: &Message) -> ChatCompletionRequestMessage {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct Chunk {
+    #[serde(deserialize_with = "null_as_default")]
     choices: Vec<ChunkChoice>,
     /// Some servers report errors inside the stream.
     error: Option<serde_json::Value>,
@@ -213,7 +215,9 @@ pub struct Chunk {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct ChunkChoice {
+    #[serde(deserialize_with = "null_as_default")]
     index: u32,
+    #[serde(deserialize_with = "null_as_default")]
     delta: ChunkDelta,
     finish_reason: Option<String>,
 }
@@ -238,6 +242,15 @@ struct ChunkToolCall {
 struct ChunkFunction {
     name: Option<String>,
     arguments: Option<String>,
+}
+
+/// `null` read as the type's default (some servers send `"delta": null`, `"choices": null`).
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 impl Chunk {
@@ -274,6 +287,77 @@ impl Chunk {
         }
         Ok(out)
     }
+}
+
+/// Longest error body read from the model server (the rest is not waited for).
+const MAX_ERROR_BODY_BYTES: usize = 8 * 1024;
+/// Longest wait for an error body.
+const ERROR_BODY_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Up to `max` bytes of `response`'s body, within [`ERROR_BODY_TIMEOUT`], as text (lossy): an
+/// error answer that is huge or never ends must not hold the turn until its deadline.
+async fn read_capped(mut response: reqwest::Response, max: usize) -> String {
+    let mut body = Vec::new();
+    let read = async {
+        while body.len() < max {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    body.extend_from_slice(&chunk[..chunk.len().min(max - body.len())])
+                }
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(ERROR_BODY_TIMEOUT, read).await;
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// `bytes` with invalid UTF-8 replaced by U+FFFD. The SSE parser waits for more bytes after
+/// an invalid sequence as if it were an unfinished character, which would stall the stream
+/// until the idle timeout; a chunk's JSON is all we need, so a bad byte must not cost it.
+fn lossy_utf8<S, E>(bytes: S) -> impl futures::Stream<Item = Result<Bytes, E>>
+where
+    S: futures::Stream<Item = Result<Bytes, E>>,
+{
+    bytes.scan(Vec::<u8>::new(), |carry, chunk| {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => return futures::future::ready(Some(Err(e))),
+        };
+        // The usual case, passed through as it is: nothing carried over, all valid.
+        if carry.is_empty() && std::str::from_utf8(&chunk).is_ok() {
+            return futures::future::ready(Some(Ok(chunk)));
+        }
+        carry.extend_from_slice(&chunk);
+        let mut out = Vec::with_capacity(carry.len());
+        let mut rest: &[u8] = carry;
+        while !rest.is_empty() {
+            match std::str::from_utf8(rest) {
+                Ok(valid) => {
+                    out.extend_from_slice(valid.as_bytes());
+                    rest = &[];
+                }
+                Err(e) => {
+                    let (valid, after) = rest.split_at(e.valid_up_to());
+                    out.extend_from_slice(valid);
+                    match e.error_len() {
+                        Some(bad) => {
+                            out.extend_from_slice("\u{FFFD}".as_bytes());
+                            rest = &after[bad..];
+                        }
+                        // An unfinished character at the end: kept for the next chunk.
+                        None => {
+                            rest = after;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let keep = rest.to_vec();
+        *carry = keep;
+        futures::future::ready(Some(Ok(Bytes::from(out))))
+    })
 }
 
 /// The error an HTTP error status carries: OpenAI's `{"error":{"message":…}}`, else the body.
@@ -315,10 +399,20 @@ impl ChatModel for OpenAiModel {
                 .map_err(|e| LlmError::Transport(e.to_string()))?;
             let status = response.status();
             if !status.is_success() {
-                let text = response.text().await.unwrap_or_default();
+                let text = read_capped(response, MAX_ERROR_BODY_BYTES).await;
                 return Err(status_error(status.as_u16(), &text));
             }
-            let events = response.bytes_stream().eventsource();
+            let json = response
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/json"));
+            if json {
+                return Err(LlmError::Decode(
+                    "the model server answered with one JSON document, not an event stream: does it support \"stream\": true?".into(),
+                ));
+            }
+            let events = lossy_utf8(response.bytes_stream()).eventsource();
             let deltas = events
                 .take_while(|event| {
                     let done = matches!(event, Ok(e) if e.data.trim() == "[DONE]");
@@ -327,6 +421,15 @@ impl ChatModel for OpenAiModel {
                 .filter(|event| {
                     let keepalive = matches!(event, Ok(e) if e.event == "keepalive");
                     futures::future::ready(!keepalive)
+                })
+                // Events that are not JSON objects (a `ping`, a comment-like payload) carry no
+                // chunk; they are skipped, not fatal.
+                .filter(|event| {
+                    let other = matches!(event, Ok(e) if !e.data.trim_start().starts_with('{'));
+                    if other {
+                        tracing::debug!("skipping a model event that is not a JSON chunk");
+                    }
+                    futures::future::ready(!other)
                 })
                 .flat_map(|event| {
                     let deltas = match event {
@@ -372,6 +475,36 @@ mod tests {
         );
         let err: Chunk = serde_json::from_str(r#"{"error":{"message":"overloaded"}}"#).unwrap();
         assert!(err.into_deltas().is_err());
+    }
+
+    #[test]
+    fn null_fields_and_bad_utf8_never_cost_a_chunk() {
+        let chunk: Chunk = serde_json::from_str(
+            r#"{"choices":[{"index":null,"delta":null,"finish_reason":"stop"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            chunk.into_deltas().unwrap(),
+            vec![Delta::Finish("stop".into())]
+        );
+        let chunk: Chunk = serde_json::from_str(r#"{"choices":null}"#).unwrap();
+        assert!(chunk.into_deltas().unwrap().is_empty());
+
+        let pieces: Vec<Result<Bytes, ()>> = vec![
+            Ok(Bytes::from_static(b"data: A\xff")),
+            Ok(Bytes::from_static(b"B caf\xc3")),
+            Ok(Bytes::from_static(b"\xa9\n")),
+        ];
+        let out: Vec<u8> = futures::executor::block_on(
+            lossy_utf8(futures::stream::iter(pieces))
+                .map(|b| b.unwrap().to_vec())
+                .concat(),
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "data: A\u{FFFD}B café\n",
+            "a bad byte is replaced, a character split across chunks is kept whole"
+        );
     }
 
     #[test]

@@ -55,6 +55,11 @@ impl std::fmt::Debug for Tool {
 impl Tool {
     /// A tool named `name` (`[a-zA-Z0-9_-]{1,64}`), described for the model, with a JSON Schema
     /// `parameters` object and an async `handler`.
+    ///
+    /// The handler runs inside its call's task (turns are polled by the call's loop, so a token
+    /// costs no thread hop): it must never block. Blocking work (a synchronous client, file
+    /// I/O, heavy computation) goes through `tokio::task::spawn_blocking`, or the call cannot
+    /// hear a barge-in, its timers or `TOOL_TIMEOUT_MS` until the handler returns.
     pub fn new<F, Fut>(
         name: &str,
         description: &str,

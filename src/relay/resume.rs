@@ -100,7 +100,12 @@ impl ResumeStore {
 
     /// How the call was leaving, if it was.
     pub fn leaving(&self, call_sid: &str) -> Option<Leaving> {
-        self.lock().0.get(call_sid).and_then(|e| e.leaving.clone())
+        let now = Instant::now();
+        self.lock()
+            .0
+            .get(call_sid)
+            .filter(|e| e.expires.is_none_or(|t| t > now))
+            .and_then(|e| e.leaving.clone())
     }
 
     /// Whether a session of `call_sid` ran and left its conversation (only such calls are
@@ -115,10 +120,15 @@ impl ResumeStore {
 
     /// Counts a reconnect of `call_sid`; returns how many there have been, this one included.
     pub fn count_reconnect(&self, call_sid: &str) -> u32 {
+        let now = Instant::now();
         let mut guard = self.lock();
         let entry = guard.0.entry(call_sid.to_owned()).or_default();
+        if entry.expires.is_some_and(|t| t <= now) {
+            // Expired but not swept yet: a new start.
+            *entry = Entry::default();
+        }
         entry.reconnects += 1;
-        entry.expires = Some(Instant::now() + self.grace);
+        entry.expires = Some(now + self.grace);
         entry.reconnects
     }
 

@@ -709,6 +709,7 @@ impl Session {
                     } => {
                         tracing::info!("caller spoke over the goodbye; staying on the line");
                         self.exit = Exit::Staying;
+                        self.exit_asked = None;
                         if let Some((call_sid, saved)) = self.saved() {
                             self.deps.resume.save(&call_sid, saved);
                         }
@@ -1360,7 +1361,7 @@ pub async fn run(
     let mut socket = socket;
     let metrics = telemetry::metrics();
     metrics.calls.increment(1);
-    metrics.calls_live.increment(1.0);
+    let live = LiveCall::start();
     async move {
         tracing::debug!("websocket open");
         let mut wrapped_up = false;
@@ -1428,9 +1429,18 @@ pub async fn run(
                 break;
             }
             let finished = session.finished() || session.closed();
-            if let Err(e) = write_outbox(&mut session, &mut socket).await {
-                tracing::info!(error = %e, "websocket write failed");
-                session.close();
+            // Bounded: a peer that stops reading must not hold the call (or a drain) forever.
+            match tokio::time::timeout(WRITE_TIMEOUT, write_outbox(&mut session, &mut socket)).await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::info!(error = %e, "websocket write failed");
+                    session.close();
+                }
+                Err(_) => {
+                    tracing::warn!("Twilio stopped reading the socket; closing the call");
+                    session.close();
+                }
             }
             if finished || session.closed() {
                 break;
@@ -1441,8 +1451,8 @@ pub async fn run(
             resume.save(&call_sid, saved);
         }
         // Say goodbye properly when we end the session (a no-op if Twilio already closed).
-        let _ = socket.close().await;
-        metrics.calls_live.decrement(1.0);
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, socket.close()).await;
+        drop(live);
         tracing::info!(
             seconds = started.elapsed().as_secs(),
             messages = session.history().len(),
@@ -1451,6 +1461,26 @@ pub async fn run(
     }
     .instrument(span)
     .await;
+}
+
+/// Longest a write to Twilio's socket may take before the call is given up.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Counts a call in `relaybot_calls_live` for as long as it lives, however its task ends
+/// (a panic or a dropped future included).
+struct LiveCall;
+
+impl LiveCall {
+    fn start() -> Self {
+        telemetry::metrics().calls_live.increment(1.0);
+        LiveCall
+    }
+}
+
+impl Drop for LiveCall {
+    fn drop(&mut self) {
+        telemetry::metrics().calls_live.decrement(1.0);
+    }
 }
 
 /// Polls the running turn to completion; pending forever when there is none.

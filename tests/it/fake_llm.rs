@@ -92,6 +92,10 @@ pub enum Script {
     Status(u16),
     /// Never answer.
     Stall,
+    /// Answer with one JSON completion, as a server that ignores `stream: true` would.
+    NotStreaming,
+    /// Answer this HTTP status with a body that never ends.
+    EndlessError(u16),
     /// Stream the chunks, then break the connection.
     Cut(Vec<Chunk>),
     /// Stream `before`, wait for the gate, then stream `after` and `[DONE]`.
@@ -224,6 +228,26 @@ async fn completions(State(state): State<FakeState>, Json(body): Json<Value>) ->
         Script::Stall => {
             std::future::pending::<()>().await;
             unreachable!()
+        }
+        Script::NotStreaming => {
+            let body = json!({"id": "chatcmpl-fake", "object": "chat.completion", "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "Whole answer."}, "finish_reason": "stop"}
+            ]});
+            return Json(body).into_response();
+        }
+        Script::EndlessError(status) => {
+            let endless = futures::stream::unfold((), |()| async {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Some((
+                    Ok::<_, std::io::Error>(Bytes::from_static(b"overloaded ")),
+                    (),
+                ))
+            });
+            return Response::builder()
+                .status(status)
+                .header("content-type", "text/plain")
+                .body(Body::from_stream(endless))
+                .unwrap();
         }
         Script::Stream(chunks) => (chunks, vec![], None, true),
         Script::Cut(chunks) => (chunks, vec![], None, false),

@@ -10,6 +10,7 @@ mod capacity;
 mod cli;
 mod handoff;
 mod metrics;
+mod model_wire;
 mod privacy;
 mod reliability;
 mod session;
