@@ -218,7 +218,7 @@ pub struct LimitsConfig {
     /// `AT_CAPACITY_LINE` and a handoff (if configured) or a hang-up. A slot is taken when
     /// `/twiml` answers (held by the call token) and freed when the session ends or the token
     /// expires unused. The default is what a 2-core box carries with every call streaming at
-    /// once (README, Performance); idle calls cost ~13 KiB each.
+    /// once (README, Performance); idle calls cost ~10 KiB each.
     pub max_concurrent_calls: usize,
     /// `AT_CAPACITY_LINE`.
     pub at_capacity_line: String,
