@@ -10,7 +10,7 @@
 //!
 //! | Metric | Type | Labels | What |
 //! |---|---|---|---|
-//! | `relaybot_prompt_to_model_request_seconds` | histogram | | caller's final `prompt` read → model request started |
+//! | `relaybot_prompt_to_model_request_seconds` | histogram | | caller's final `prompt` read → model request on the wire (after any connect) |
 //! | `relaybot_model_first_token_seconds` | histogram | | model request started → first streamed chunk |
 //! | `relaybot_token_relay_seconds` | histogram | | model chunk read → its `text` frame written to Twilio |
 //! | `relaybot_turn_duration_seconds` | histogram | | `prompt` read → the turn's `last: true` queued |

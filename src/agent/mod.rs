@@ -164,6 +164,10 @@ pub struct ChatRequest {
     pub messages: Vec<Message>,
     /// Tools the model may call (shared by every turn of every call).
     pub tools: Arc<[ToolSpec]>,
+    /// Set by a model with a network request when that request starts going out on its
+    /// connection (after any connect): the "model request on the wire" of
+    /// `relaybot_prompt_to_model_request_seconds`. Left unset by models without one.
+    pub on_the_wire: Arc<std::sync::OnceLock<tokio::time::Instant>>,
 }
 
 /// Why a model request failed. None of these end the call: the caller hears an apology.

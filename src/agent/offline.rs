@@ -267,6 +267,7 @@ mod tests {
                     parameters: json!({"type":"object"}),
                 })
                 .collect(),
+            on_the_wire: Default::default(),
         }
     }
 

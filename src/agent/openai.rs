@@ -289,6 +289,35 @@ impl Chunk {
     }
 }
 
+/// A request body that notes when the HTTP client starts sending it, i.e. when the request
+/// goes out on its connection (after any connect), for `relaybot_prompt_to_model_request_seconds`.
+/// Its exact size is known, so the request still carries `Content-Length`.
+struct OnTheWire {
+    bytes: Option<Bytes>,
+    on_the_wire: Arc<std::sync::OnceLock<tokio::time::Instant>>,
+}
+
+impl http_body::Body for OnTheWire {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let _ = self.on_the_wire.set(tokio::time::Instant::now());
+        std::task::Poll::Ready(self.bytes.take().map(|b| Ok(http_body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.bytes.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.bytes.as_ref().map_or(0, |b| b.len() as u64))
+    }
+}
+
 /// Longest error body read from the model server (the rest is not waited for).
 const MAX_ERROR_BODY_BYTES: usize = 8 * 1024;
 /// Longest wait for an error body.
@@ -390,10 +419,14 @@ impl ChatModel for OpenAiModel {
         if let Some(key) = &self.api_key {
             post = post.bearer_auth(key.expose_secret());
         }
+        let on_the_wire = request.on_the_wire.clone();
         async move {
             let body = body.map_err(|e| LlmError::Internal(format!("request body: {e}")))?;
             let response = post
-                .body(body)
+                .body(reqwest::Body::wrap(OnTheWire {
+                    bytes: Some(Bytes::from(body)),
+                    on_the_wire,
+                }))
                 .send()
                 .await
                 .map_err(|e| LlmError::Transport(e.to_string()))?;
@@ -536,6 +569,7 @@ mod tests {
                 parameters: serde_json::json!({"type":"object"}),
             }]
             .into(),
+            on_the_wire: Default::default(),
         };
         let body = model.body(&request).unwrap();
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();

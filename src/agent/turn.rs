@@ -290,23 +290,29 @@ where
             }
         }};
     }
+    let on_the_wire = Arc::new(std::sync::OnceLock::new());
     let request = ChatRequest {
         messages: messages.to_vec(),
         tools: specs.clone(),
+        on_the_wire: on_the_wire.clone(),
     };
     timings.steps += 1;
-    if timings.model_request.is_none() {
-        let waited = prompt_at.elapsed();
+    let first_request = timings.model_request.is_none();
+    let first_try = with_filler!(tokio::time::timeout_at(
+        deadline,
+        agent.model.stream(request.clone())
+    ));
+    if first_request {
+        // Prompt in → the turn's first model request on the wire (or, for a model without
+        // one, handed to it).
+        let sent = on_the_wire.get().copied().unwrap_or(started);
+        let waited = sent.saturating_duration_since(prompt_at);
         timings.model_request = Some(waited);
         telemetry::metrics()
             .prompt_to_model_request
             .record(waited.as_secs_f64());
     }
-    let first_try = with_filler!(tokio::time::timeout_at(
-        deadline,
-        agent.model.stream(request.clone())
-    ))
-    .map_err(|_| LlmError::Timeout("first token"))?;
+    let first_try = first_try.map_err(|_| LlmError::Timeout("first token"))?;
     let mut stream = match first_try {
         Ok(stream) => stream,
         // Nothing of the model's has been said yet, so one quick retry costs the caller little.

@@ -55,3 +55,50 @@ async fn an_error_body_that_never_ends_is_still_retried() {
     assert_eq!(reply(&mut caller).await.text, "Second try.");
     assert!(started.elapsed() < WAIT - Duration::from_secs(1));
 }
+
+/// The model request is stamped when it goes out on its connection (the "on the wire" of
+/// `relaybot_prompt_to_model_request_seconds`), and still carries `Content-Length` (some
+/// servers refuse chunked request bodies).
+#[tokio::test]
+async fn the_model_request_is_stamped_on_the_wire_and_sized() {
+    use relaybot::agent::{openai::OpenAiModel, ChatModel, ChatRequest, Message};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            socket.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        socket
+            .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+            .await
+            .unwrap();
+        String::from_utf8(head).unwrap().to_ascii_lowercase()
+    });
+    let model = OpenAiModel::new(&base, None, "m", Duration::from_secs(1)).unwrap();
+    let request = ChatRequest {
+        messages: vec![Message::User {
+            content: "hi".into(),
+        }],
+        tools: Vec::new().into(),
+        on_the_wire: Default::default(),
+    };
+    let before = tokio::time::Instant::now();
+    let answer = model.stream(request.clone()).await;
+    assert!(answer.is_err(), "the fake answered 500");
+    let stamped = request
+        .on_the_wire
+        .get()
+        .copied()
+        .expect("stamped when sent");
+    assert!(stamped >= before);
+    let head = server.await.unwrap();
+    assert!(head.starts_with("post /v1/chat/completions "), "{head}");
+    assert!(head.contains("content-length: "), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+}
