@@ -845,7 +845,7 @@ async fn relay_socket(
         .write_buffer_size(WS_WRITE_BUFFER_BYTES)
         .on_upgrade(move |socket| {
             tracker.track_future(async move {
-                session::run(socket, deps, cancel, Some(call_sid)).await;
+                crate::relay::socket::run(socket, deps, cancel, Some(call_sid)).await;
                 drop(slot);
             })
         })
