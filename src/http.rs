@@ -199,11 +199,17 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(health))
         .route("/metrics", get(metrics_page))
         // Spans name the path only: the WebSocket URL's query carries the call token.
-        .layer(TraceLayer::new_for_http().make_span_with(
-            |request: &axum::http::Request<axum::body::Body>| {
-                tracing::debug_span!("http", method = %request.method(), path = %request.uri().path())
-            },
-        ))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &axum::http::Request<axum::body::Body>| {
+                    tracing::debug_span!("http", method = %request.method(), path = %request.uri().path())
+                })
+                // Our 5xx answers are decisions already logged by their handlers (a draining
+                // `/healthz`, a refused upgrade at the cap): not errors to log again.
+                .on_failure(
+                    tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+                ),
+        )
         .with_state(state)
 }
 

@@ -80,7 +80,8 @@ pub struct BenchOptions {
     #[arg(long, value_name = "CALLS")]
     pub idle: Option<usize>,
     /// Measure the server running at this base URL (http://127.0.0.1:8080) instead of starting
-    /// one; start it with OPENAI_BASE_URL set to the fake model (see --model-port).
+    /// one; start it with LLM_PROVIDER=openai and OPENAI_BASE_URL set to the fake model (see
+    /// --model-port).
     #[arg(long)]
     pub url: Option<String>,
     /// Process id of the --url server, to read its CPU time and memory from /proc.

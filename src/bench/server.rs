@@ -87,7 +87,9 @@ impl Server {
                 .stdout(log)
                 .stderr(log_err)
                 .kill_on_drop(true);
-            for var in ["PATH", "HOME", "RUST_LOG"] {
+            // Not RUST_LOG: a debug log from a `.env` would slow the server under test. The child
+            // logs at the server's default level.
+            for var in ["PATH", "HOME"] {
                 if let Some(value) = std::env::var_os(var) {
                     command.env(var, value);
                 }
