@@ -43,6 +43,7 @@ impl Bench<'_> {
             clock: self.clock,
         };
         let spread = Duration::from_millis(options.token_interval_ms.max(1));
+        let think_ms = options.think_ms;
         let progress = progress_bar(kind, calls);
         let api_token = options.api_token.as_deref().filter(|t| !t.is_empty());
         let metrics_before = match kind {
@@ -91,6 +92,10 @@ impl Bench<'_> {
                     tokio::time::sleep(offset).await;
                 }
                 for turn in 0..turns {
+                    if turn > 0 && think_ms > 0 {
+                        let pause = rand::random_range(think_ms / 2..=think_ms * 3 / 2);
+                        tokio::time::sleep(Duration::from_millis(pause)).await;
+                    }
                     let label = format!("bench call {n} turn {turn}");
                     match call.turn(&label, &plan).await {
                         Ok(samples) => {

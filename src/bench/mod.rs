@@ -76,6 +76,11 @@ pub struct BenchOptions {
     /// Time from the model request to the first token, in ms [default: --token-interval-ms].
     #[arg(long)]
     pub first_token_ms: Option<u64>,
+    /// The caller's pause between a reply and its next prompt (it is talking), in ms: a random
+    /// 50–150 % of this per turn. 0 (the default) has every call start its next turn at once,
+    /// which keeps 1,000 calls' turns in step: the hardest case for the server.
+    #[arg(long, default_value_t = 0)]
+    pub think_ms: u64,
     /// Also hold this many silent calls on a fresh server and report memory per idle call.
     #[arg(long, value_name = "CALLS")]
     pub idle: Option<usize>,
@@ -261,6 +266,7 @@ pub async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
             tokens: options.tokens,
             first_token_ms,
             token_interval_ms: options.token_interval_ms,
+            think_ms: options.think_ms,
             turn_timeout_ms: options.turn_timeout_ms,
             open_file_limit,
         },

@@ -28,6 +28,8 @@ pub struct Settings {
     pub first_token_ms: u64,
     /// Fake model: between tokens, in ms.
     pub token_interval_ms: u64,
+    /// Callers: mean pause between a reply and the next prompt, in ms.
+    pub think_ms: u64,
     /// Longest wait for one turn, in ms.
     pub turn_timeout_ms: u64,
     /// The bench process's open-file limit after raising it.
@@ -251,8 +253,17 @@ impl Report {
         if self.levels.iter().any(|l| l.kind == LevelKind::Streaming) {
             let _ = writeln!(
                 out,
-                "relaybot bench: server {}; {} turns × {} tokens per call, first token after {} ms, then every {} ms",
-                s.server, s.turns, s.tokens, s.first_token_ms, s.token_interval_ms
+                "relaybot bench: server {}; {} turns × {} tokens per call, first token after {} ms, then every {} ms{}",
+                s.server,
+                s.turns,
+                s.tokens,
+                s.first_token_ms,
+                s.token_interval_ms,
+                if s.think_ms > 0 {
+                    format!("; callers pause ~{} ms between turns", s.think_ms)
+                } else {
+                    String::new()
+                }
             );
         } else {
             let _ = writeln!(out, "relaybot bench: server {}; idle calls", s.server);
@@ -459,6 +470,7 @@ mod tests {
                 tokens: 10,
                 first_token_ms: 0,
                 token_interval_ms: 0,
+                think_ms: 0,
                 turn_timeout_ms: 1000,
                 open_file_limit: None,
             },
