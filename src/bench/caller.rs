@@ -156,8 +156,9 @@ fn marks(token: &str) -> impl Iterator<Item = Option<(usize, u64)>> + '_ {
 }
 
 impl Call {
-    /// One turn: says `label @<now µs>` and reads the reply to its `last: true`, checking that
-    /// every token of the fake model arrives once and in order.
+    /// One turn: says `label @<now µs>` (`label @warm-up` when not `measured`, so the fake
+    /// model records no prompt → request sample) and reads the reply to its `last: true`, checking
+    /// that every token of the fake model arrives once and in order.
     ///
     /// # Errors
     /// A message for a timeout, a closed socket, or a reply that is not what the model sent
@@ -166,11 +167,17 @@ impl Call {
         &mut self,
         label: &str,
         plan: &TurnPlan,
+        measured: bool,
     ) -> Result<TurnSamples, String> {
         let sent = plan.clock.now_us();
+        let said = if measured {
+            format!("{label} @{sent}")
+        } else {
+            format!("{label} {}", super::fake_model::WARMUP_MARK)
+        };
         let prompt = serde_json::json!({
             "type": "prompt",
-            "voicePrompt": format!("{label} @{sent}"),
+            "voicePrompt": said,
             "lang": "en-US",
             "last": true,
         });

@@ -133,7 +133,8 @@ async fn completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Response
     let start = tokio::time::Instant::now();
     shared.requests.fetch_add(1, Ordering::Relaxed);
     match prompt_sent_at(&body) {
-        Some(sent) => shared
+        Some(Err(())) => {} // a warm-up turn
+        Some(Ok(sent)) => shared
             .prompt_to_model
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -193,8 +194,20 @@ struct ChatMessage {
     content: serde_json::Value,
 }
 
-/// The `@<µs>` at the end of the request's last user message.
-fn prompt_sent_at(body: &[u8]) -> Option<u64> {
+/// What a warm-up prompt ends with instead of its `@<µs>`: not measured, and not an error.
+pub(crate) const WARMUP_MARK: &str = "@warm-up";
+
+/// The `@<µs>` at the end of the request's last user message; `Err(())` for a warm-up prompt.
+fn prompt_sent_at(body: &[u8]) -> Option<Result<u64, ()>> {
+    let text = last_user_text(body)?;
+    if text.ends_with(WARMUP_MARK) {
+        return Some(Err(()));
+    }
+    mark(&text).map(Ok)
+}
+
+/// The text of the request's last user message.
+fn last_user_text(body: &[u8]) -> Option<String> {
     let request: ChatRequest = serde_json::from_slice(body).ok()?;
     let message = request.messages.iter().rev().find(|m| m.role == "user")?;
     let text = match &message.content {
@@ -206,7 +219,7 @@ fn prompt_sent_at(body: &[u8]) -> Option<u64> {
             .collect(),
         _ => return None,
     };
-    mark(&text)
+    Some(text)
 }
 
 /// The number after the last `@` in `text`.
@@ -233,7 +246,10 @@ mod tests {
                 {"role": "user", "content": [{"type": "text", "text": "bench call 0 turn 1 @123456"}]},
             ]
         });
-        assert_eq!(prompt_sent_at(body.to_string().as_bytes()), Some(123_456));
+        assert_eq!(
+            prompt_sent_at(body.to_string().as_bytes()),
+            Some(Ok(123_456))
+        );
         assert_eq!(mark("no mark"), None);
         assert_eq!(mark("a @12."), Some(12));
     }

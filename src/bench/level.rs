@@ -44,6 +44,15 @@ impl Bench<'_> {
         };
         let spread = Duration::from_millis(options.token_interval_ms.max(1));
         let think_ms = options.think_ms;
+        let warmup = if kind == LevelKind::Streaming {
+            options.warmup_turns
+        } else {
+            0
+        };
+        // With warm-up turns, every call lines up after them (`warmed`), the server's figures
+        // are read, then all go on (`measure`): the latency figures start there.
+        let warmed = Arc::new(Barrier::new(calls + 1));
+        let measure = Arc::new(Barrier::new(calls + 1));
         let progress = progress_bar(kind, calls);
         let api_token = options.api_token.as_deref().filter(|t| !t.is_empty());
         let metrics_before = match kind {
@@ -69,6 +78,7 @@ impl Bench<'_> {
             let (http, target, plan) = (self.http.clone(), target.clone(), plan);
             let (ready, go, dialing, progress) =
                 (ready.clone(), go.clone(), dialing.clone(), progress.clone());
+            let (warmed, measure) = (warmed.clone(), measure.clone());
             // Call n's first prompt goes out n/calls of a token interval after the start.
             let offset = spread.mul_f64(n as f64 / calls as f64);
             tasks.push(tokio::spawn(async move {
@@ -84,31 +94,48 @@ impl Bench<'_> {
                     Ok(call) => call,
                     Err(e) => {
                         outcome.errors.push(format!("call {n}: {e}"));
+                        if warmup > 0 {
+                            warmed.wait().await;
+                            measure.wait().await;
+                        }
                         return outcome;
                     }
                 };
+                let mut lined_up = warmup == 0;
                 outcome.held = true;
                 if turns > 0 {
                     tokio::time::sleep(offset).await;
                 }
-                for turn in 0..turns {
+                for turn in 0..warmup + turns {
+                    if turn == warmup && !lined_up {
+                        lined_up = true;
+                        warmed.wait().await;
+                        measure.wait().await;
+                    }
                     if turn > 0 && think_ms > 0 {
                         let pause = rand::random_range(think_ms / 2..=think_ms * 3 / 2);
                         tokio::time::sleep(Duration::from_millis(pause)).await;
                     }
+                    let measured = turn >= warmup;
                     let label = format!("bench call {n} turn {turn}");
-                    match call.turn(&label, &plan).await {
-                        Ok(samples) => {
+                    match call.turn(&label, &plan, measured).await {
+                        Ok(samples) if measured => {
                             outcome.tokens_us.extend(samples.tokens_us);
                             outcome.first_us.extend(samples.first_us);
                             outcome.completion_us.push(samples.completion_us);
                             progress.inc(1);
                         }
+                        Ok(_) => {}
                         Err(e) => {
                             outcome.errors.push(format!("call {n} turn {turn}: {e}"));
                             break;
                         }
                     }
+                }
+                if !lined_up {
+                    // Failed during the warm-up: the others must not wait for this call.
+                    warmed.wait().await;
+                    measure.wait().await;
                 }
                 call.hang_up().await;
                 outcome
@@ -130,6 +157,15 @@ impl Bench<'_> {
             LevelKind::Idle => progress.set_message("hanging up"),
         }
         go.wait().await;
+        // With warm-up turns, the server-side figures start once every call is warm.
+        let metrics_before = if warmup > 0 {
+            warmed.wait().await;
+            let before = scrape::scrape(&self.http, &server.target.base, api_token).await;
+            measure.wait().await;
+            Some(before)
+        } else {
+            metrics_before
+        };
         let talk_started = std::time::Instant::now();
         let bench_talk_before = usage::cpu(me);
         let mut outcomes = Vec::with_capacity(calls);

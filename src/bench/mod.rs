@@ -81,6 +81,11 @@ pub struct BenchOptions {
     /// which keeps 1,000 calls' turns in step: the hardest case for the server.
     #[arg(long, default_value_t = 0)]
     pub think_ms: u64,
+    /// Turns each call takes before the measured `--turns` (its model connection is then warm);
+    /// they count in CPU time and memory but in no latency figure, and all calls line up after
+    /// them.
+    #[arg(long, default_value_t = 0)]
+    pub warmup_turns: usize,
     /// Also hold this many silent calls on a fresh server and report memory per idle call.
     #[arg(long, value_name = "CALLS")]
     pub idle: Option<usize>,
@@ -267,6 +272,7 @@ pub async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
             first_token_ms,
             token_interval_ms: options.token_interval_ms,
             think_ms: options.think_ms,
+            warmup_turns: options.warmup_turns,
             turn_timeout_ms: options.turn_timeout_ms,
             open_file_limit,
         },

@@ -30,6 +30,8 @@ pub struct Settings {
     pub token_interval_ms: u64,
     /// Callers: mean pause between a reply and the next prompt, in ms.
     pub think_ms: u64,
+    /// Unmeasured turns per call before the measured ones.
+    pub warmup_turns: usize,
     /// Longest wait for one turn, in ms.
     pub turn_timeout_ms: u64,
     /// The bench process's open-file limit after raising it.
@@ -259,11 +261,16 @@ impl Report {
                 s.tokens,
                 s.first_token_ms,
                 s.token_interval_ms,
-                if s.think_ms > 0 {
-                    format!("; callers pause ~{} ms between turns", s.think_ms)
-                } else {
-                    String::new()
-                }
+                [
+                    (s.think_ms > 0)
+                        .then(|| format!("; callers pause ~{} ms between turns", s.think_ms)),
+                    (s.warmup_turns > 0).then(|| {
+                        format!("; {} warm-up turns per call not measured", s.warmup_turns)
+                    }),
+                ]
+                .into_iter()
+                .flatten()
+                .collect::<String>()
             );
         } else {
             let _ = writeln!(out, "relaybot bench: server {}; idle calls", s.server);
@@ -471,6 +478,7 @@ mod tests {
                 first_token_ms: 0,
                 token_interval_ms: 0,
                 think_ms: 0,
+                warmup_turns: 0,
                 turn_timeout_ms: 1000,
                 open_file_limit: None,
             },

@@ -28,6 +28,8 @@ fn bench_smoke_run_reports_numbers_and_no_errors() {
         .args(["--turns", &turns.to_string()])
         .args(["--tokens", &tokens.to_string()])
         .args(["--token-interval-ms", "5"])
+        // A warm-up turn and pauses between turns: neither may change what is counted.
+        .args(["--warmup-turns", "1", "--think-ms", "4"])
         .args(["--idle", &idle.to_string()])
         .arg("--json")
         .arg(&json_path)
