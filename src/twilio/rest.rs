@@ -55,15 +55,117 @@ struct ErrorBody {
     message: String,
 }
 
-/// The Calls API client.
+/// What every Twilio REST client here shares: one HTTP client, HTTP Basic credentials (the
+/// account SID and auth token, or an API key `SK…` and its secret), a per-request timeout,
+/// JSON error bodies read into [`RestError`], and bounded retries.
 #[derive(Clone)]
-pub struct CallsClient {
+pub struct Rest {
     http: reqwest::Client,
-    base: String,
-    account_sid: String,
     user: String,
     password: SecretString,
     timeout: Duration,
+}
+
+impl std::fmt::Debug for Rest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rest")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Rest {
+    /// Requests as `user`/`password`, each given `timeout`.
+    ///
+    /// # Errors
+    /// A message when the HTTP client cannot be built.
+    pub fn new(user: &str, password: SecretString, timeout: Duration) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            // reqwest's default, stated: a handoff must not wait on Nagle's algorithm.
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| format!("cannot build the Twilio HTTP client: {e}"))?;
+        Ok(Rest {
+            http,
+            user: user.to_owned(),
+            password,
+            timeout,
+        })
+    }
+
+    /// A request to `url`, authenticated, asking for JSON.
+    pub fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, url)
+            .basic_auth(&self.user, Some(self.password.expose_secret()))
+            .header(reqwest::header::ACCEPT, "application/json")
+    }
+
+    /// Sends `request`; the body of a 2xx answer, else [`RestError::Status`] with Twilio's code
+    /// and message (from its JSON error body).
+    ///
+    /// # Errors
+    /// [`RestError`].
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<String, RestError> {
+        let response = request.send().await.map_err(|e| {
+            if e.is_timeout() {
+                RestError::Timeout(self.timeout)
+            } else {
+                RestError::Transport(e.to_string())
+            }
+        })?;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        if status.is_success() {
+            return Ok(body);
+        }
+        let parsed: Option<ErrorBody> = serde_json::from_str(&body).ok();
+        Err(RestError::Status {
+            status: status.as_u16(),
+            code: parsed.as_ref().and_then(|b| b.code),
+            message: parsed
+                .map(|b| b.message)
+                .unwrap_or_else(|| body.chars().take(200).collect()),
+        })
+    }
+
+    /// Runs `attempt` up to `attempts` times while it fails with a retryable error, pausing
+    /// 200 ms, then 400 ms, … (with jitter) in between; `what` names it in the log.
+    ///
+    /// # Errors
+    /// The last [`RestError`].
+    pub async fn with_retries<T, F, Fut>(
+        what: &str,
+        attempts: u32,
+        mut attempt: F,
+    ) -> Result<T, RestError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RestError>>,
+    {
+        let mut tried = 1;
+        loop {
+            match attempt().await {
+                Err(e) if e.is_retryable() && tried < attempts => {
+                    let base = 200u64 << (tried - 1);
+                    let pause = Duration::from_millis(base + rand::random_range(0..=base / 2));
+                    tracing::warn!(error = %e, attempt = tried, pause_ms = pause.as_millis() as u64, "{what} failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    tried += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// The Calls API client.
+#[derive(Clone)]
+pub struct CallsClient {
+    rest: Rest,
+    base: String,
+    account_sid: String,
 }
 
 impl std::fmt::Debug for CallsClient {
@@ -88,19 +190,10 @@ impl CallsClient {
         password: SecretString,
         timeout: Duration,
     ) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            // reqwest's default, stated: a handoff must not wait on Nagle's algorithm.
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| format!("cannot build the Twilio HTTP client: {e}"))?;
         Ok(CallsClient {
-            http,
+            rest: Rest::new(user, password, timeout)?,
             base: base.trim_end_matches('/').to_owned(),
             account_sid: account_sid.to_owned(),
-            user: user.to_owned(),
-            password,
-            timeout,
         })
     }
 
@@ -115,42 +208,20 @@ impl CallsClient {
             self.account_sid,
             urlencode_path(call_sid)
         );
-        let response = self
-            .http
-            .post(&url)
-            .basic_auth(&self.user, Some(self.password.expose_secret()))
-            .header(reqwest::header::ACCEPT, "application/json")
-            .form(&[("Twiml", twiml)])
-            .send()
-            .await
-            .map_err(|e| {
-                if e.is_timeout() {
-                    RestError::Timeout(self.timeout)
-                } else {
-                    RestError::Transport(e.to_string())
-                }
-            })?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(());
+        let request = self
+            .rest
+            .request(reqwest::Method::POST, &url)
+            .form(&[("Twiml", twiml)]);
+        match self.rest.send(request).await {
+            Ok(_) => Ok(()),
+            Err(RestError::Status {
+                code: Some(21220), ..
+            }) => Err(RestError::CallNotInProgress),
+            Err(e) => Err(e),
         }
-        let body = response.text().await.unwrap_or_default();
-        let parsed: Option<ErrorBody> = serde_json::from_str(&body).ok();
-        let code = parsed.as_ref().and_then(|b| b.code);
-        if code == Some(21220) {
-            return Err(RestError::CallNotInProgress);
-        }
-        Err(RestError::Status {
-            status: status.as_u16(),
-            code,
-            message: parsed
-                .map(|b| b.message)
-                .unwrap_or_else(|| body.chars().take(200).collect()),
-        })
     }
 
-    /// [`CallsClient::update_call_twiml`] with up to `attempts` tries for retryable errors,
-    /// pausing 200 ms, then 400 ms, … (with jitter) between them.
+    /// [`CallsClient::update_call_twiml`] with up to `attempts` tries for retryable errors.
     ///
     /// # Errors
     /// The last [`RestError`].
@@ -160,25 +231,16 @@ impl CallsClient {
         twiml: &str,
         attempts: u32,
     ) -> Result<(), RestError> {
-        let mut attempt = 1;
-        loop {
-            match self.update_call_twiml(call_sid, twiml).await {
-                Err(e) if e.is_retryable() && attempt < attempts => {
-                    let base = 200u64 << (attempt - 1);
-                    let pause = Duration::from_millis(base + rand::random_range(0..=base / 2));
-                    tracing::warn!(error = %e, attempt, pause_ms = pause.as_millis() as u64, "Calls API failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        Rest::with_retries("Calls API", attempts, || {
+            self.update_call_twiml(call_sid, twiml)
+        })
+        .await
     }
 }
 
 /// A call SID only ever holds `[A-Za-z0-9]`; anything else is percent-encoded so it cannot
 /// change the path.
-fn urlencode_path(segment: &str) -> String {
+pub(crate) fn urlencode_path(segment: &str) -> String {
     segment
         .bytes()
         .map(|b| {
