@@ -262,6 +262,20 @@ pub const DEFAULT_ERROR_LINE: &str =
 /// `MAX_CONCURRENT_CALLS` when unset: calls per instance (see [`LimitsConfig::max_concurrent_calls`]).
 pub const DEFAULT_MAX_CONCURRENT_CALLS: u64 = 1000;
 
+/// The built-in system prompt, written for the ear: what the model writes is spoken aloud.
+pub const DEFAULT_SYSTEM_PROMPT: &str = "\
+You are relaybot, a friendly voice assistant answering a phone call. Everything you write is \
+spoken aloud by a text-to-speech voice, so write the way people talk on the phone. \
+Keep replies short: one to three sentences, then let the caller speak. \
+Use plain sentences only: no markdown, no bullet points or numbered lists, no emoji, no URLs, \
+no special characters. Say numbers, dates, times and amounts the way a person would say them \
+(\"twenty five dollars\", \"March third\", \"two thirty in the afternoon\"). \
+Ask one question at a time. If you did not understand, say so briefly and ask again. \
+If your previous reply ends abruptly, the caller interrupted you and heard only that part. \
+If the caller asks for a person, or you cannot help, use the agent_handoff tool when it is \
+available. When the caller is done, say a short goodbye and use the end_call tool when it is \
+available.";
+
 /// Twilio's REST API host.
 pub const DEFAULT_TWILIO_API_BASE: &str = "https://api.twilio.com";
 /// Spoken before a handoff when `HANDOFF_LINE` is unset.
@@ -676,7 +690,7 @@ impl Config {
         };
 
         let system_prompt = match vars.get("SYSTEM_PROMPT_FILE") {
-            None => crate::agent::DEFAULT_SYSTEM_PROMPT.to_owned(),
+            None => DEFAULT_SYSTEM_PROMPT.to_owned(),
             Some(path) => {
                 let path = PathBuf::from(path.trim());
                 let text = std::fs::read_to_string(&path).map_err(|e| {

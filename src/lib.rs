@@ -63,7 +63,7 @@ pub fn build_state(config: Config, extra_tools: ToolRegistry) -> Result<AppState
             }
         }
     }
-    for tool in agent::control::call_control_tools(&languages)
+    for tool in agent::call_tools::call_control_tools(&languages)
         .into_iter()
         .chain(extra_tools.tools().iter().cloned())
     {

@@ -1,17 +1,13 @@
-//! Call control: the tools that act on the call itself (`agent_handoff`, `end_call`,
-//! `switch_language`) and the channel they use to ask the session to act.
+//! Call control: the channel through which a tool asks its session to act on the call itself
+//! (the tools are in [`super::call_tools`]).
 //!
 //! A tool never touches the socket. It sends a [`ControlMessage`] tagged with its turn; the
 //! session decides (at most one handoff or end per call; nothing from a turn that was
 //! interrupted or cancelled) and answers with the text the model reads.
 
-use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{
-    tools::{Tool, ToolInput, ToolResult},
-    turn::TurnId,
-};
+use super::{ToolResult, TurnId};
 
 /// What a tool asks the session to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,105 +68,4 @@ impl CallControl {
             .map_err(|_| "the call is over".to_owned())?;
         answer.await.map_err(|_| "the call is over".to_owned())?
     }
-}
-
-fn text_arg(input: &ToolInput, name: &str) -> String {
-    input.arguments[name]
-        .as_str()
-        .map(str::trim)
-        .unwrap_or_default()
-        .to_owned()
-}
-
-async fn send(input: ToolInput, request: ControlRequest) -> ToolResult {
-    match &input.control {
-        Some(control) => control.request(input.turn, request).await,
-        None => Err("call control is not available on this channel".into()),
-    }
-}
-
-/// `agent_handoff` {reason, summary}: hands the caller to a human agent.
-pub fn agent_handoff_tool() -> Tool {
-    Tool::new(
-        "agent_handoff",
-        "Transfer the caller to a human agent. Use it when the caller asks for a person, agent, \
-         representative or operator, or when you cannot help. The transfer happens right after \
-         this turn: do not say goodbye or anything else after calling it; a transfer message is \
-         spoken for you.",
-        json!({
-            "type": "object",
-            "properties": {
-                "reason": {"type": "string", "description": "Why the caller needs a person, in a few words."},
-                "summary": {"type": "string", "description": "What the caller wants and everything learned so far (names, numbers, what was tried), for the human agent."}
-            },
-            "required": ["reason"]
-        }),
-        |input: ToolInput| async move {
-            let reason = text_arg(&input, "reason");
-            if reason.is_empty() {
-                return Err("reason is required".into());
-            }
-            let summary = text_arg(&input, "summary");
-            send(input, ControlRequest::Handoff { reason, summary }).await
-        },
-    )
-    .ending_turn()
-}
-
-/// `end_call` {reason}: ends the call after a goodbye line.
-pub fn end_call_tool() -> Tool {
-    Tool::new(
-        "end_call",
-        "End the phone call. Use it only when the caller is done or says goodbye. A goodbye \
-         message is spoken for you before the call ends; do not say anything after calling it.",
-        json!({
-            "type": "object",
-            "properties": {
-                "reason": {"type": "string", "description": "Why the call ends, in a few words."}
-            },
-            "required": ["reason"]
-        }),
-        |input: ToolInput| async move {
-            let reason = text_arg(&input, "reason");
-            send(input, ControlRequest::EndCall { reason }).await
-        },
-    )
-    .ending_turn()
-}
-
-/// `switch_language` {language}: switches speech and transcription to one of `languages`.
-pub fn switch_language_tool(languages: &[String]) -> Tool {
-    let allowed = languages.to_vec();
-    Tool::new(
-        "switch_language",
-        "Switch the call to another language when the caller speaks it or asks for it. After \
-         switching, answer only in that language.",
-        json!({
-            "type": "object",
-            "properties": {
-                "language": {"type": "string", "enum": languages, "description": "Language code to switch to."}
-            },
-            "required": ["language"]
-        }),
-        move |input: ToolInput| {
-            let allowed = allowed.clone();
-            async move {
-                let language = text_arg(&input, "language");
-                if !allowed.contains(&language) {
-                    return Err(format!("language must be one of {}", allowed.join(", ")));
-                }
-                send(input, ControlRequest::SwitchLanguage { language }).await
-            }
-        },
-    )
-}
-
-/// The call-control tools: handoff and end always; language switching when `languages` (the
-/// `<Language>` codes plus the main language) has more than one entry.
-pub fn call_control_tools(languages: &[String]) -> Vec<Tool> {
-    let mut tools = vec![agent_handoff_tool(), end_call_tool()];
-    if languages.len() > 1 {
-        tools.push(switch_language_tool(languages));
-    }
-    tools
 }

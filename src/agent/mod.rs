@@ -7,8 +7,11 @@
 //! - [`ChatModel`]: the one trait both model back ends implement: [`openai::OpenAiModel`]
 //!   (async-openai, any OpenAI-compatible base URL) and [`offline::OfflineModel`] (rule-based).
 //! - [`tools`]: the tool registry.
+//! - [`control`]: how a tool asks its session to act on the call; [`call_tools`]: the tools
+//!   that do (`agent_handoff`, `end_call`, `switch_language`).
 //! - [`turn`]: one caller turn: stream, assemble tool calls, run tools, loop.
 
+pub mod call_tools;
 pub mod control;
 pub mod offline;
 pub mod openai;
@@ -22,19 +25,13 @@ use serde::Serialize;
 
 use crate::config::{Config, LlmProvider};
 
-/// The built-in system prompt, written for the ear: what the model writes is spoken aloud.
-pub const DEFAULT_SYSTEM_PROMPT: &str = "\
-You are relaybot, a friendly voice assistant answering a phone call. Everything you write is \
-spoken aloud by a text-to-speech voice, so write the way people talk on the phone. \
-Keep replies short: one to three sentences, then let the caller speak. \
-Use plain sentences only: no markdown, no bullet points or numbered lists, no emoji, no URLs, \
-no special characters. Say numbers, dates, times and amounts the way a person would say them \
-(\"twenty five dollars\", \"March third\", \"two thirty in the afternoon\"). \
-Ask one question at a time. If you did not understand, say so briefly and ask again. \
-If your previous reply ends abruptly, the caller interrupted you and heard only that part. \
-If the caller asks for a person, or you cannot help, use the agent_handoff tool when it is \
-available. When the caller is done, say a short goodbye and use the end_call tool when it is \
-available.";
+pub use crate::config::DEFAULT_SYSTEM_PROMPT;
+
+/// Identifies a turn within a call; events of a turn that is no longer current are dropped.
+pub type TurnId = u64;
+
+/// What a tool answers: the text the model reads, or an error the model is told about.
+pub type ToolResult = Result<String, String>;
 
 /// Who is on the line: filled from the Conversation Relay `setup` message.
 ///

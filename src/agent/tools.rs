@@ -19,14 +19,12 @@ pub struct ToolInput {
     /// The call the tool runs for.
     pub call: Arc<CallContext>,
     /// The turn that made the call (the session refuses actions from a turn that is over).
-    pub turn: u64,
+    pub turn: super::TurnId,
     /// The way to act on the call (hand off, end, switch language), where the channel has one.
     pub control: Option<super::control::CallControl>,
 }
 
-/// A handler's answer: `Ok(text)` is the result the model reads; `Err(text)` is reported to the
-/// model as `{"error": text}` so it can recover (ask again, apologise).
-pub type ToolResult = Result<String, String>;
+pub use super::ToolResult;
 
 /// An async tool handler.
 pub type ToolHandler = Arc<dyn Fn(ToolInput) -> BoxFuture<'static, ToolResult> + Send + Sync>;

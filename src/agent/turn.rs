@@ -18,8 +18,7 @@ use super::{
     Agent, CallContext, ChatRequest, Delta, LlmError, Message, ToolCall,
 };
 
-/// Identifies a turn within a call; events of a turn that is no longer current are dropped.
-pub type TurnId = u64;
+pub use super::TurnId;
 
 /// What a turn tells the session.
 #[derive(Debug, Clone, PartialEq)]
