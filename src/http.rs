@@ -42,11 +42,11 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower_http::trace::TraceLayer;
 
 use crate::{
-    agent::{mask_number, Agent},
+    agent::{mask_number, Agent, Departure},
     config::Config,
     handoff::{self, HandoffData, HandoffPath, HandoffStore, Route},
     relay::{
-        resume::{Leaving, ResumeStore},
+        resume::ResumeStore,
         session::{self, HandoffDeps, SessionDeps},
     },
     security::{CallTokens, Verifier},
@@ -638,7 +638,9 @@ async fn connect_action(
                 }
             }
         }
-        SessionStatus::Failed if state.resume.leaving(&call_sid) == Some(Leaving::End) => {
+        SessionStatus::Failed
+            if matches!(state.resume.leaving(&call_sid), Some(Departure::End { .. })) =>
+        {
             tracing::info!(call_sid = %call_sid, "session dropped during the goodbye; hanging up");
             twiml::say_and_hang_up(None)
         }
@@ -646,7 +648,7 @@ async fn connect_action(
             // Dropped during a handoff: finish it. Otherwise: not (or no longer) reconnectable.
             let mut data = dropped_call_data(&callback, &call_sid, record.as_ref());
             match state.resume.leaving(&call_sid) {
-                Some(Leaving::Handoff { reason, summary }) => {
+                Some(Departure::Handoff { reason, summary }) => {
                     tracing::warn!(call_sid = %call_sid, "session dropped during the handoff; finishing it");
                     data.reason = reason;
                     data.summary = summary;

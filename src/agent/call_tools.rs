@@ -7,7 +7,7 @@ use serde_json::json;
 use super::{
     control::ControlRequest,
     tools::{Tool, ToolInput},
-    ToolResult,
+    Departure, ToolResult,
 };
 
 fn text_arg(input: &ToolInput, name: &str) -> String {
@@ -47,7 +47,11 @@ pub fn agent_handoff_tool() -> Tool {
                 return Err("reason is required".into());
             }
             let summary = text_arg(&input, "summary");
-            send(input, ControlRequest::Handoff { reason, summary }).await
+            send(
+                input,
+                ControlRequest::Leave(Departure::Handoff { reason, summary }),
+            )
+            .await
         },
     )
     .ending_turn()
@@ -68,7 +72,11 @@ pub fn end_call_tool() -> Tool {
         }),
         |input: ToolInput| async move {
             let reason = text_arg(&input, "reason");
-            send(input, ControlRequest::EndCall { reason }).await
+            let end = Departure::End {
+                reason,
+                by_customer_choice: true,
+            };
+            send(input, ControlRequest::Leave(end)).await
         },
     )
     .ending_turn()

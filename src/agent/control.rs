@@ -7,23 +7,13 @@
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{ToolResult, TurnId};
+use super::{Departure, ToolResult, TurnId};
 
 /// What a tool asks the session to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ControlRequest {
-    /// Move the call to a human.
-    Handoff {
-        /// Short reason.
-        reason: String,
-        /// What the caller wants and what is known.
-        summary: String,
-    },
-    /// End the call.
-    EndCall {
-        /// Short reason.
-        reason: String,
-    },
+    /// Hand the conversation to a human, or end it.
+    Leave(Departure),
     /// Speak and listen in another declared language.
     SwitchLanguage {
         /// A `<Language code>` from the TwiML.

@@ -33,6 +33,28 @@ pub type TurnId = u64;
 /// What a tool answers: the text the model reads, or an error the model is told about.
 pub type ToolResult = Result<String, String>;
 
+/// How a conversation leaves the bot, on every channel and at every step: what a call-control
+/// tool asks for, what a session carries out once its last line is heard, and what a dropped
+/// call's store entry says so the next instance of it finishes the job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Departure {
+    /// To a human agent.
+    Handoff {
+        /// Why, in a few words.
+        reason: String,
+        /// What the customer wants and what is known so far, for the agent.
+        summary: String,
+    },
+    /// The conversation ends.
+    End {
+        /// Why, in a few words.
+        reason: String,
+        /// Asked for by the model's `end_call`: a customer who talks over the goodbye cancels
+        /// it. Ends imposed by limits (silence, call length, shutdown) are not cancellable.
+        by_customer_choice: bool,
+    },
+}
+
 /// Who is on the line: filled from the Conversation Relay `setup` message.
 ///
 /// Channel-neutral on purpose: a chat channel fills the same fields from its own events.

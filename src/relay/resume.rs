@@ -13,7 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{agent::Message, handoff::TranscriptLine, store::Sweep};
+use crate::{
+    agent::{Departure, Message},
+    handoff::TranscriptLine,
+    store::Sweep,
+};
 
 /// What a dropped session leaves behind.
 #[derive(Debug, Clone, Default)]
@@ -24,25 +28,12 @@ pub struct Saved {
     pub transcript: Vec<TranscriptLine>,
 }
 
-/// A call that was on its way out when its socket dropped: `/action` finishes the job instead
-/// of reconnecting it to the bot.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Leaving {
-    /// Being handed to a person.
-    Handoff {
-        /// Why.
-        reason: String,
-        /// What the caller wants.
-        summary: String,
-    },
-    /// Being ended.
-    End,
-}
-
 #[derive(Debug, Default)]
 struct Entry {
     saved: Option<Saved>,
-    leaving: Option<Leaving>,
+    /// The call was on its way out when its socket dropped: `/action` finishes the job
+    /// instead of reconnecting it to the bot.
+    leaving: Option<Departure>,
     reconnects: u32,
     expires: Option<Instant>,
 }
@@ -87,7 +78,7 @@ impl ResumeStore {
     }
 
     /// The call is leaving (`how`): a drop from now on is not reconnected to the bot.
-    pub fn mark_leaving(&self, call_sid: &str, how: Leaving) {
+    pub fn mark_leaving(&self, call_sid: &str, how: Departure) {
         if call_sid.is_empty() {
             return;
         }
@@ -99,7 +90,7 @@ impl ResumeStore {
     }
 
     /// How the call was leaving, if it was.
-    pub fn leaving(&self, call_sid: &str) -> Option<Leaving> {
+    pub fn leaving(&self, call_sid: &str) -> Option<Departure> {
         let now = Instant::now();
         self.lock()
             .0
@@ -172,12 +163,16 @@ mod tests {
         store.forget("CA1");
         assert_eq!(store.count_reconnect("CA1"), 1, "forgotten");
         store.save("CA3", Saved::default());
-        store.mark_leaving("CA3", Leaving::End);
+        let end = Departure::End {
+            reason: "bye".into(),
+            by_customer_choice: true,
+        };
+        store.mark_leaving("CA3", end.clone());
         assert!(
             !store.has_saved("CA3"),
             "a call on its way out is not reconnected"
         );
-        assert_eq!(store.leaving("CA3"), Some(Leaving::End));
+        assert_eq!(store.leaving("CA3"), Some(end));
         store.save("CA3", Saved::default());
         assert_eq!(store.leaving("CA3"), None, "back in conversation");
         let short = ResumeStore::new(Duration::ZERO);

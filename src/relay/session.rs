@@ -35,14 +35,14 @@ use crate::{
         control::{CallControl, ControlMessage, ControlRequest},
         mask_number,
         turn::{run_turn, TurnEvent, TurnId, TurnInput},
-        Agent, CallContext, LlmError, Message,
+        Agent, CallContext, Departure, LlmError, Message,
     },
     config::LimitsConfig,
     handoff::{
         now_ms, studio_redirect_twiml, HandoffData, HandoffPath, HandoffRecord, HandoffStore,
         Route, TranscriptLine, REASON_END_CALL, REASON_HANDOFF,
     },
-    relay::resume::{Leaving, ResumeStore, Saved},
+    relay::resume::{ResumeStore, Saved},
     telemetry,
     twilio::rest::RestError,
 };
@@ -122,31 +122,16 @@ enum Stop<'a> {
     Superseded,
 }
 
-/// How the call leaves Conversation Relay.
-#[derive(Debug, Clone, PartialEq)]
-enum ExitAction {
-    Handoff {
-        reason: String,
-        summary: String,
-    },
-    /// `by_caller_choice`: the model's `end_call`, which a caller who talks over the goodbye
-    /// cancels. Ends imposed by limits (silence, call length, shutdown) are not cancellable.
-    EndCall {
-        reason: String,
-        by_caller_choice: bool,
-    },
-}
-
 /// Where the call is on its way out.
 #[derive(Debug)]
 enum Exit {
     /// Not leaving.
     Staying,
     /// A tool asked; carried out when its turn ends (dropped if the turn is cut short).
-    Pending { turn: TurnId, action: ExitAction },
+    Pending { turn: TurnId, action: Departure },
     /// The last line is out; waiting for the caller to hear it.
     Speaking {
-        action: ExitAction,
+        action: Departure,
         line_sent: Instant,
         heard_on: bool,
         deadline: Instant,
@@ -395,9 +380,9 @@ impl Session {
                     tracing::info!("caller still silent; ending the call");
                     let line = self.deps.limits.idle_end_line.clone();
                     self.leave_with(
-                        ExitAction::EndCall {
+                        Departure::End {
                             reason: "The caller stayed silent.".into(),
-                            by_caller_choice: false,
+                            by_customer_choice: false,
                         },
                         line,
                     );
@@ -416,9 +401,9 @@ impl Session {
                     tracing::info!("call reached MAX_CALL_DURATION_SECS; ending it");
                     let line = self.deps.limits.max_duration_line.clone();
                     self.leave_with(
-                        ExitAction::EndCall {
+                        Departure::End {
                             reason: "The call reached its time limit.".into(),
-                            by_caller_choice: false,
+                            by_customer_choice: false,
                         },
                         line,
                     );
@@ -435,7 +420,7 @@ impl Session {
         tracing::warn!("drain time is up; moving the caller on");
         if self.deps.human_available {
             let line = self.deps.handoff.handoff_line.clone();
-            let action = ExitAction::Handoff {
+            let action = Departure::Handoff {
                 reason: "The voice agent is restarting.".into(),
                 summary: String::new(),
             };
@@ -443,9 +428,9 @@ impl Session {
         } else {
             let line = self.deps.limits.drain_line.clone();
             self.leave_with(
-                ExitAction::EndCall {
+                Departure::End {
                     reason: "The voice agent is restarting.".into(),
-                    by_caller_choice: false,
+                    by_customer_choice: false,
                 },
                 line,
             );
@@ -466,7 +451,7 @@ impl Session {
     }
 
     /// Stops whatever is in flight, speaks `line`, then leaves once it has been heard.
-    fn leave_with(&mut self, action: ExitAction, line: String) {
+    fn leave_with(&mut self, action: Departure, line: String) {
         if self.leaving() {
             return;
         }
@@ -700,8 +685,8 @@ impl Session {
                     // something, so the call stays up and their words are answered.
                     Exit::Speaking {
                         action:
-                            ExitAction::EndCall {
-                                by_caller_choice: true,
+                            Departure::End {
+                                by_customer_choice: true,
                                 ..
                             },
                         ..
@@ -985,7 +970,7 @@ impl Session {
                             && self.failures >= limits.llm_failures_before_handoff
                         {
                             tracing::error!(turn = turn.id, %error, failures = self.failures, "model failed again; handing the caller to a human");
-                            let action = ExitAction::Handoff {
+                            let action = Departure::Handoff {
                                 reason: "The voice agent could not answer.".into(),
                                 summary: "The AI model failed repeatedly during this call.".into(),
                             };
@@ -1034,24 +1019,19 @@ impl Session {
         }
     }
 
-    fn line_for(&self, action: &ExitAction) -> String {
+    fn line_for(&self, action: &Departure) -> String {
         match action {
-            ExitAction::Handoff { .. } => self.deps.handoff.handoff_line.clone(),
-            ExitAction::EndCall { .. } => self.deps.handoff.end_call_line.clone(),
+            Departure::Handoff { .. } => self.deps.handoff.handoff_line.clone(),
+            Departure::End { .. } => self.deps.handoff.end_call_line.clone(),
         }
     }
 
     /// The last line is out: wait for `agentSpeaking off`, at most about as long as the text
     /// takes to say (~70 ms a character, plus a second), capped by `HANDOFF_MAX_WAIT_MS`.
-    fn await_hearing(&mut self, action: ExitAction, unheard: &str) {
-        let how = match &action {
-            ExitAction::Handoff { reason, summary } => Leaving::Handoff {
-                reason: reason.clone(),
-                summary: summary.clone(),
-            },
-            ExitAction::EndCall { .. } => Leaving::End,
-        };
-        self.deps.resume.mark_leaving(&self.call.call_sid, how);
+    fn await_hearing(&mut self, action: Departure, unheard: &str) {
+        self.deps
+            .resume
+            .mark_leaving(&self.call.call_sid, action.clone());
         self.exit_asked.get_or_insert_with(Instant::now);
         let estimate = Duration::from_millis(unheard.chars().count() as u64 * 70 + 1000);
         let now = Instant::now();
@@ -1085,7 +1065,7 @@ impl Session {
         };
         self.left_at = Some(Instant::now());
         match action {
-            ExitAction::EndCall { reason, .. } => {
+            Departure::End { reason, .. } => {
                 tracing::info!(%reason, "ending the call");
                 let data = self.handoff_data(REASON_END_CALL, &reason, "");
                 self.outbox.push(Outbound::End {
@@ -1093,7 +1073,7 @@ impl Session {
                 });
                 self.left("end_call", "end_sent");
             }
-            ExitAction::Handoff { reason, summary } => {
+            Departure::Handoff { reason, summary } => {
                 let data = self.handoff_data(REASON_HANDOFF, &reason, &summary);
                 let handoff = self.deps.handoff.clone();
                 let path = match (&handoff.route, self.call.call_sid.is_empty()) {
@@ -1204,30 +1184,21 @@ impl Session {
                         "Switched to {language}. Answer only in that language from now on."
                     ))
                 }
-                ControlRequest::Handoff { .. } | ControlRequest::EndCall { .. }
-                    if !matches!(self.exit, Exit::Staying) =>
-                {
+                ControlRequest::Leave(_) if !matches!(self.exit, Exit::Staying) => {
                     tracing::info!("a handoff or end is already in progress; not doing it twice");
                     Err("A transfer or hang-up is already in progress. Do not call it again and say nothing more.".to_owned())
                 }
-                ControlRequest::Handoff { reason, summary } => {
+                ControlRequest::Leave(departure) => {
+                    let answer = match &departure {
+                        Departure::Handoff { .. } => "The transfer to a human agent has started; a transfer message is spoken for you.",
+                        Departure::End { .. } => "The call will end after a goodbye message spoken for you.",
+                    };
                     self.exit_asked = Some(Instant::now());
                     self.exit = Exit::Pending {
                         turn,
-                        action: ExitAction::Handoff { reason, summary },
+                        action: departure,
                     };
-                    Ok("The transfer to a human agent has started; a transfer message is spoken for you.".to_owned())
-                }
-                ControlRequest::EndCall { reason } => {
-                    self.exit_asked = Some(Instant::now());
-                    self.exit = Exit::Pending {
-                        turn,
-                        action: ExitAction::EndCall {
-                            reason,
-                            by_caller_choice: true,
-                        },
-                    };
-                    Ok("The call will end after a goodbye message spoken for you.".to_owned())
+                    Ok(answer.to_owned())
                 }
             }
         };
