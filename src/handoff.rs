@@ -22,6 +22,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    agent::Departure,
     store::Sweep,
     twilio::{rest::CallsClient, twiml},
 };
@@ -84,6 +85,31 @@ pub struct HandoffData {
 }
 
 impl HandoffData {
+    /// The one place handoff data is built: what `departure` of the conversation `call_sid`
+    /// with the customer `from` tells the next step. A handoff carries `transcript` (for the
+    /// human agent) and its summary; an end carries neither.
+    pub fn for_departure(
+        departure: &Departure,
+        call_sid: &str,
+        from: &str,
+        transcript: &[TranscriptLine],
+    ) -> Self {
+        let (reason_code, reason, summary, transcript) = match departure {
+            Departure::Handoff { reason, summary } => {
+                (REASON_HANDOFF, reason, summary.clone(), transcript.to_vec())
+            }
+            Departure::End { reason, .. } => (REASON_END_CALL, reason, String::new(), Vec::new()),
+        };
+        HandoffData {
+            reason_code: reason_code.to_owned(),
+            reason: reason.clone(),
+            summary,
+            call_sid: call_sid.to_owned(),
+            from: from.to_owned(),
+            transcript,
+        }
+    }
+
     /// Whether this asks for a human.
     pub fn is_handoff(&self) -> bool {
         self.reason_code == REASON_HANDOFF
@@ -327,6 +353,41 @@ impl HandoffStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Handoff data is built in one place: a handoff carries the transcript and summary for the
+    /// agent, an end neither.
+    #[test]
+    fn departures_become_handoff_data() {
+        let line = TranscriptLine {
+            role: "caller".into(),
+            text: "I want a person".into(),
+            at_ms: 1,
+            interrupted: false,
+        };
+        let handoff = Departure::Handoff {
+            reason: "asked".into(),
+            summary: "billing".into(),
+        };
+        let data =
+            HandoffData::for_departure(&handoff, "CA1", "+1555", std::slice::from_ref(&line));
+        assert!(data.is_handoff());
+        assert_eq!(
+            (data.reason.as_str(), data.summary.as_str()),
+            ("asked", "billing")
+        );
+        assert_eq!(
+            (data.call_sid.as_str(), data.from.as_str()),
+            ("CA1", "+1555")
+        );
+        assert_eq!(data.transcript, vec![line.clone()]);
+        let end = Departure::End {
+            reason: "bye".into(),
+            by_customer_choice: true,
+        };
+        let data = HandoffData::for_departure(&end, "CA1", "+1555", &[line]);
+        assert_eq!(data.reason_code, REASON_END_CALL);
+        assert!(data.summary.is_empty() && data.transcript.is_empty());
+    }
 
     fn data(summary: &str) -> HandoffData {
         HandoffData {

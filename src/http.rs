@@ -492,14 +492,11 @@ fn reserve_call_slot(state: &AppState) -> Option<OwnedSemaphorePermit> {
 fn turn_away(state: &AppState, call_sid: &str, from: &str) -> String {
     let limits = &state.config.limits;
     if limits.at_capacity_handoff && state.human_available() {
-        let data = HandoffData {
-            reason_code: handoff::REASON_HANDOFF.into(),
+        let busy = Departure::Handoff {
             reason: "All voice agent lines were busy.".into(),
             summary: String::new(),
-            call_sid: call_sid.to_owned(),
-            from: from.to_owned(),
-            transcript: Vec::new(),
         };
+        let data = HandoffData::for_departure(&busy, call_sid, from, &[]);
         twiml::say_then(&limits.at_capacity_line, &to_human(state, &data))
     } else {
         twiml::say_and_hang_up(Some(&limits.at_capacity_line))
@@ -633,7 +630,7 @@ async fn connect_action(
                 }
                 None => {
                     tracing::warn!(call_sid = %call_sid, "session failed mid-call and every call slot is taken; handing the caller on");
-                    let data = dropped_call_data(&callback, &call_sid, record.as_ref());
+                    let data = dropped_call_data(&callback, &call_sid, record.as_ref(), None);
                     to_human(&state, &data)
                 }
             }
@@ -646,17 +643,17 @@ async fn connect_action(
         }
         SessionStatus::Failed => {
             // Dropped during a handoff: finish it. Otherwise: not (or no longer) reconnectable.
-            let mut data = dropped_call_data(&callback, &call_sid, record.as_ref());
-            match state.resume.leaving(&call_sid) {
-                Some(Departure::Handoff { reason, summary }) => {
+            let departure = match state.resume.leaving(&call_sid) {
+                Some(handoff @ Departure::Handoff { .. }) => {
                     tracing::warn!(call_sid = %call_sid, "session dropped during the handoff; finishing it");
-                    data.reason = reason;
-                    data.summary = summary;
+                    Some(handoff)
                 }
                 _ => {
                     tracing::warn!(call_sid = %call_sid, "session failed and will not be reconnected again");
+                    None
                 }
-            }
+            };
+            let data = dropped_call_data(&callback, &call_sid, record.as_ref(), departure);
             to_human(&state, &data)
         }
         SessionStatus::Other(_) => twiml::say_and_hang_up(None),
@@ -664,25 +661,24 @@ async fn connect_action(
     xml(body)
 }
 
-/// Handoff data for a call whose session dropped and is not reconnected to the bot.
+/// Handoff data for a call whose session dropped and is not reconnected to the bot: the
+/// `departure` it was making, else a handoff for the lost connection.
 fn dropped_call_data(
     callback: &ActionCallback,
     call_sid: &str,
     record: Option<&handoff::HandoffRecord>,
+    departure: Option<Departure>,
 ) -> HandoffData {
-    HandoffData {
-        reason_code: handoff::REASON_HANDOFF.into(),
+    let lost = departure.unwrap_or_else(|| Departure::Handoff {
         reason: "The voice agent lost the call's connection.".to_owned(),
         summary: record.map(|r| r.summary.clone()).unwrap_or_default(),
-        call_sid: call_sid.to_owned(),
-        from: callback
-            .params
-            .iter()
-            .find(|(k, _)| k == "From")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default(),
-        transcript: Vec::new(),
-    }
+    });
+    let from = callback
+        .params
+        .iter()
+        .find(|(k, _)| k == "From")
+        .map_or("", |(_, v)| v.as_str());
+    HandoffData::for_departure(&lost, call_sid, from, &[])
 }
 
 /// TwiML that puts the caller through to a person, or apologises when none is configured.

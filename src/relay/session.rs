@@ -40,7 +40,7 @@ use crate::{
     config::LimitsConfig,
     handoff::{
         now_ms, studio_redirect_twiml, HandoffData, HandoffPath, HandoffRecord, HandoffStore,
-        Route, TranscriptLine, REASON_END_CALL, REASON_HANDOFF,
+        Route, TranscriptLine,
     },
     relay::resume::{ResumeStore, Saved},
     telemetry,
@@ -1043,19 +1043,13 @@ impl Session {
         };
     }
 
-    fn handoff_data(&self, reason_code: &str, reason: &str, summary: &str) -> HandoffData {
-        HandoffData {
-            reason_code: reason_code.to_owned(),
-            reason: reason.to_owned(),
-            summary: summary.to_owned(),
-            call_sid: self.call.call_sid.clone(),
-            from: self.call.from.clone(),
-            transcript: if reason_code == REASON_HANDOFF {
-                self.transcript.clone()
-            } else {
-                Vec::new()
-            },
-        }
+    fn handoff_data(&self, departure: &Departure) -> HandoffData {
+        HandoffData::for_departure(
+            departure,
+            &self.call.call_sid,
+            &self.call.from,
+            &self.transcript,
+        )
     }
 
     /// Carries out the handoff or end.
@@ -1064,17 +1058,16 @@ impl Session {
             return;
         };
         self.left_at = Some(Instant::now());
+        let data = self.handoff_data(&action);
         match action {
             Departure::End { reason, .. } => {
                 tracing::info!(%reason, "ending the call");
-                let data = self.handoff_data(REASON_END_CALL, &reason, "");
                 self.outbox.push(Outbound::End {
                     handoff_data: Some(data.to_compact_json()),
                 });
                 self.left("end_call", "end_sent");
             }
-            Departure::Handoff { reason, summary } => {
-                let data = self.handoff_data(REASON_HANDOFF, &reason, &summary);
+            Departure::Handoff { reason, .. } => {
                 let handoff = self.deps.handoff.clone();
                 let path = match (&handoff.route, self.call.call_sid.is_empty()) {
                     (Route::CallsApiToStudio { .. }, false) => HandoffPath::CallsApiToStudio,
