@@ -4,8 +4,11 @@
 //!   <https://www.twilio.com/docs/usage/webhooks/voice-webhooks>.
 //! - [`ActionCallback`]: the `<Connect action>` request when a Conversation Relay session ends,
 //!   per <https://www.twilio.com/docs/voice/twiml/connect/conversationrelay> (shared notes §2.7).
+//! - [`ConversationEvent`]: a Twilio Conversations post-event webhook (`onMessageAdded`,
+//!   `onConversationAdded`, …), per
+//!   <https://www.twilio.com/docs/conversations/conversations-webhooks> (`handoff.md` §3.1).
 //!
-//! Both keep every parameter as received in `params`, because signature checks must cover all of
+//! All keep every parameter as received in `params`, because signature checks must cover all of
 //! them and Twilio adds parameters over time.
 
 /// Form parameters in the order received.
@@ -121,9 +124,99 @@ impl ActionCallback {
     }
 }
 
+/// A Twilio Conversations post-event webhook. Every field Twilio may leave out is optional;
+/// `WebhookSid` and `RetryCount` are observed in conversation-scoped deliveries but not in
+/// Twilio's field table, so nothing depends on them being there.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConversationEvent {
+    /// `EventType`: `onMessageAdded`, `onConversationAdded`, `onParticipantAdded`, …
+    pub event_type: Option<String>,
+    /// `ConversationSid` (`CH…`).
+    pub conversation_sid: Option<String>,
+    /// `MessageSid` (`IM…`), for message events.
+    pub message_sid: Option<String>,
+    /// `Author`: who wrote the message (an identity or an address such as `whatsapp:+1…`).
+    /// Mask it in logs.
+    pub author: Option<String>,
+    /// `Body`: the text; absent or empty for media-only messages.
+    pub body: Option<String>,
+    /// `Media`: present (a JSON array as a string) when the message carries files.
+    pub media: Option<String>,
+    /// `ParticipantSid` (`MB…`).
+    pub participant_sid: Option<String>,
+    /// `WebhookSid` (`WH…`) of a conversation-scoped webhook: what to delete to leave the loop.
+    pub webhook_sid: Option<String>,
+    /// `RetryCount`: 0 (or absent) on the first delivery.
+    pub retry_count: u32,
+    /// `Source`: `SDK` or `API`.
+    pub source: Option<String>,
+    /// `Attributes`: the message's or conversation's attributes, a JSON document as a string.
+    pub attributes: Option<String>,
+    /// Every parameter as received.
+    pub params: Params,
+}
+
+impl ConversationEvent {
+    /// Reads the typed fields out of the parameters.
+    pub fn from_params(params: Params) -> Self {
+        let get = |name: &str| find(&params, name).map(str::to_owned);
+        ConversationEvent {
+            event_type: get("EventType"),
+            conversation_sid: get("ConversationSid"),
+            message_sid: get("MessageSid"),
+            author: get("Author"),
+            body: get("Body"),
+            media: get("Media").filter(|m| m.trim() != "[]"),
+            participant_sid: get("ParticipantSid"),
+            webhook_sid: get("WebhookSid"),
+            retry_count: find(&params, "RetryCount")
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0),
+            source: get("Source"),
+            attributes: get("Attributes"),
+            params,
+        }
+    }
+
+    /// Whether a customer (or anyone) added a message.
+    pub fn is_message_added(&self) -> bool {
+        self.event_type.as_deref() == Some("onMessageAdded")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An `onMessageAdded` delivery as Twilio documents it, with the observed extras.
+    #[test]
+    fn conversation_events_are_read_leniently() {
+        let form = "EventType=onMessageAdded&ConversationSid=CH1&MessageSid=IM1&Index=3\
+            &DateCreated=2026-12-02T09%3A00%3A00Z&Body=Hello%20there&Author=whatsapp%3A%2B15551230000\
+            &ParticipantSid=MB1&Attributes=%7B%7D&Source=API&WebhookSid=WH1&RetryCount=1";
+        let event = ConversationEvent::from_params(parse_form(form.as_bytes()).unwrap());
+        assert!(event.is_message_added());
+        assert_eq!(event.conversation_sid.as_deref(), Some("CH1"));
+        assert_eq!(event.message_sid.as_deref(), Some("IM1"));
+        assert_eq!(event.body.as_deref(), Some("Hello there"));
+        assert_eq!(event.author.as_deref(), Some("whatsapp:+15551230000"));
+        assert_eq!(event.webhook_sid.as_deref(), Some("WH1"));
+        assert_eq!(event.retry_count, 1);
+        assert!(event.media.is_none());
+        assert_eq!(event.params.len(), 12);
+
+        let media = "EventType=onMessageAdded&ConversationSid=CH1&Media=%5B%7B%22Sid%22%3A%22ME1%22%7D%5D&RetryCount=x";
+        let event = ConversationEvent::from_params(parse_form(media.as_bytes()).unwrap());
+        assert!(event.body.is_none() && event.media.is_some(), "media-only");
+        assert_eq!(
+            event.retry_count, 0,
+            "an odd RetryCount counts as the first delivery"
+        );
+        let empty = ConversationEvent::from_params(
+            parse_form(b"EventType=onConversationAdded&Media=%5B%5D").unwrap(),
+        );
+        assert!(!empty.is_message_added() && empty.media.is_none());
+    }
 
     #[test]
     fn parses_the_documented_action_examples() {
