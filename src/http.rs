@@ -52,7 +52,7 @@ use crate::{
     security::{CallTokens, Verifier},
     telemetry,
     twilio::{
-        rest::CallsClient,
+        rest::{CallsClient, Rest},
         signature,
         twiml::{self, ConnectRelay},
         webhooks::{parse_form, ActionCallback, SessionStatus, VoiceWebhook},
@@ -110,10 +110,8 @@ impl AppState {
                 client: CallsClient::new(
                     &config.twilio.api_base,
                     account,
-                    &user,
-                    password,
-                    CALLS_API_TIMEOUT,
-                )?,
+                    Rest::new(&user, password, CALLS_API_TIMEOUT)?,
+                ),
                 flow: flow.clone(),
             },
             _ => Route::ConnectAction,

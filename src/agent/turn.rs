@@ -74,7 +74,7 @@ pub struct TurnInput {
 /// Where a turn's time went, for its log line and the metrics (all from the prompt).
 #[derive(Debug, Default, Clone, Copy)]
 struct Timings {
-    /// Prompt → the first model request started.
+    /// Prompt → the first model request on the wire (or handed to a model without one).
     model_request: Option<Duration>,
     /// That request → its first chunk.
     first_token: Option<Duration>,

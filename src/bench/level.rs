@@ -55,11 +55,12 @@ impl Bench<'_> {
         let measure = Arc::new(Barrier::new(calls + 1));
         let progress = progress_bar(kind, calls);
         let api_token = options.api_token.as_deref().filter(|t| !t.is_empty());
+        // Read now, or (with warm-up turns) once every call is warm, below.
         let metrics_before = match kind {
-            LevelKind::Streaming => {
+            LevelKind::Streaming if warmup == 0 => {
                 Some(scrape::scrape(&self.http, &server.target.base, api_token).await)
             }
-            LevelKind::Idle => None,
+            _ => None,
         };
 
         let _ = self.model.take();

@@ -11,10 +11,7 @@
 //! webhooks (no `X-Twilio-Webhook-Enabled` header is sent), so the bot's own replies never come
 //! back to it.
 
-use std::time::Duration;
-
 use reqwest::Method;
-use secrecy::SecretString;
 use serde::Deserialize;
 
 use super::rest::{urlencode_path, Rest, RestError};
@@ -75,22 +72,13 @@ pub struct ConversationsClient {
 }
 
 impl ConversationsClient {
-    /// A client at `base` (`https://conversations.twilio.com`) authenticating as
-    /// `user`/`password` (account SID and auth token, or an API key and secret), giving each
-    /// request `timeout`.
-    ///
-    /// # Errors
-    /// A message when the HTTP client cannot be built.
-    pub fn new(
-        base: &str,
-        user: &str,
-        password: SecretString,
-        timeout: Duration,
-    ) -> Result<Self, String> {
-        Ok(ConversationsClient {
-            rest: Rest::new(user, password, timeout)?,
+    /// A client at `base` (`https://conversations.twilio.com`) sending through `rest` (shared
+    /// with the other Twilio clients: one connection pool, one set of credentials).
+    pub fn new(base: &str, rest: Rest) -> Self {
+        ConversationsClient {
+            rest,
             base: base.trim_end_matches('/').to_owned(),
-        })
+        }
     }
 
     fn url(&self, conversation_sid: &str, rest: &str) -> String {

@@ -7,10 +7,7 @@
 //! The call is asynchronous on Twilio's side: a 2xx means the interaction was accepted, and
 //! the task reaches an agent through the workflow.
 
-use std::time::Duration;
-
 use reqwest::Method;
-use secrecy::SecretString;
 use serde::Serialize;
 
 use super::{
@@ -69,21 +66,13 @@ pub struct InteractionsClient {
 }
 
 impl InteractionsClient {
-    /// A client at `base` (`https://flex-api.twilio.com`) authenticating as `user`/`password`,
-    /// giving each request `timeout`.
-    ///
-    /// # Errors
-    /// A message when the HTTP client cannot be built.
-    pub fn new(
-        base: &str,
-        user: &str,
-        password: SecretString,
-        timeout: Duration,
-    ) -> Result<Self, String> {
-        Ok(InteractionsClient {
-            rest: Rest::new(user, password, timeout)?,
+    /// A client at `base` (`https://flex-api.twilio.com`) sending through `rest` (shared with
+    /// the other Twilio clients).
+    pub fn new(base: &str, rest: Rest) -> Self {
+        InteractionsClient {
+            rest,
             base: base.trim_end_matches('/').to_owned(),
-        })
+        }
     }
 
     /// Creates an interaction (`POST /v1/Interactions`); returns its `KD…` SID.

@@ -178,23 +178,14 @@ impl std::fmt::Debug for CallsClient {
 }
 
 impl CallsClient {
-    /// A client for `account_sid` at `base` (`https://api.twilio.com`), authenticating as
-    /// `user`/`password`, giving each request `timeout`.
-    ///
-    /// # Errors
-    /// A message when the HTTP client cannot be built.
-    pub fn new(
-        base: &str,
-        account_sid: &str,
-        user: &str,
-        password: SecretString,
-        timeout: Duration,
-    ) -> Result<Self, String> {
-        Ok(CallsClient {
-            rest: Rest::new(user, password, timeout)?,
+    /// A client for `account_sid` at `base` (`https://api.twilio.com`) sending through `rest`
+    /// (shared with the other Twilio clients).
+    pub fn new(base: &str, account_sid: &str, rest: Rest) -> Self {
+        CallsClient {
+            rest,
             base: base.trim_end_matches('/').to_owned(),
             account_sid: account_sid.to_owned(),
-        })
+        }
     }
 
     /// Replaces the live call's TwiML with `twiml` (one attempt).

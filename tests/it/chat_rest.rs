@@ -84,8 +84,14 @@ async fn start() -> (String, Fake) {
     (base, fake)
 }
 
-fn secret() -> SecretString {
-    SecretString::from("auth-token".to_owned())
+/// One REST core for both clients, as the server will share it.
+fn rest() -> Rest {
+    Rest::new(
+        "AC123",
+        SecretString::from("auth-token".to_owned()),
+        Duration::from_secs(5),
+    )
+    .unwrap()
 }
 
 /// Basic auth as Twilio expects it: the account SID and the auth token.
@@ -94,8 +100,7 @@ const BASIC: &str = "Basic QUMxMjM6YXV0aC10b2tlbg==";
 #[tokio::test]
 async fn conversations_calls_are_the_documented_requests() {
     let (base, fake) = start().await;
-    let client =
-        ConversationsClient::new(&base, "AC123", secret(), Duration::from_secs(5)).unwrap();
+    let client = ConversationsClient::new(&base, rest());
     fake.answers.lock().unwrap().extend([
         (201, json!({"sid": "IM1", "body": "Hi"})),
         (200, json!({"sid": "CH1", "attributes": "{\"handedOff\":true}", "state": "active"})),
@@ -162,7 +167,7 @@ async fn conversations_calls_are_the_documented_requests() {
 #[tokio::test]
 async fn an_interaction_carries_the_documented_channel_and_routing() {
     let (base, fake) = start().await;
-    let client = InteractionsClient::new(&base, "AC123", secret(), Duration::from_secs(5)).unwrap();
+    let client = InteractionsClient::new(&base, rest());
     fake.answers
         .lock()
         .unwrap()
@@ -214,8 +219,7 @@ async fn an_interaction_carries_the_documented_channel_and_routing() {
 #[tokio::test]
 async fn errors_carry_twilio_codes_and_only_retryable_ones_are_retried() {
     let (base, fake) = start().await;
-    let client =
-        ConversationsClient::new(&base, "AC123", secret(), Duration::from_secs(5)).unwrap();
+    let client = ConversationsClient::new(&base, rest());
     fake.answers.lock().unwrap().extend([
         (429, json!({"code": 20429, "message": "Too Many Requests"})),
         (201, json!({"sid": "IM2"})),
