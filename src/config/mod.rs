@@ -18,6 +18,10 @@ use secrecy::SecretString;
 
 use crate::twilio::twiml::LanguageElement;
 
+mod chat;
+
+pub use chat::{ChatConfig, DEFAULT_CHAT_SYSTEM_PROMPT};
+
 /// A setting that stops the server at start.
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("{var}: {problem}")]
@@ -174,6 +178,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `<ConversationRelay>` contents.
     pub relay: RelayConfig,
+    /// The chat channel (Twilio Conversations).
+    pub chat: ChatConfig,
 }
 
 /// Request signatures and per-call tokens.
@@ -918,6 +924,7 @@ impl Config {
         };
 
         let relay = relay_config(vars, welcome_greeting.as_deref())?;
+        let chat = chat::read(vars, &limits)?;
         Ok(Config {
             host,
             port,
@@ -935,6 +942,7 @@ impl Config {
             security,
             limits,
             relay,
+            chat,
         })
     }
 
@@ -953,24 +961,27 @@ impl Config {
 
 /// `DRAIN_TIMEOUT`: seconds, or a number with `s` or `m`.
 fn drain_timeout(vars: &Vars) -> Result<Duration, ConfigError> {
-    let Some(v) = vars.get("DRAIN_TIMEOUT") else {
-        return Ok(Duration::from_secs(600));
+    duration(vars, "DRAIN_TIMEOUT", Duration::from_secs(600))
+}
+
+/// A time setting: seconds, or a number with `s`, `m` or `h` (`600`, `90s`, `10m`, `1h`).
+fn duration(vars: &Vars, var: &str, default: Duration) -> Result<Duration, ConfigError> {
+    let Some(v) = vars.get(var) else {
+        return Ok(default);
     };
     let v = v.trim();
-    let (number, unit) = match v.strip_suffix('m') {
-        Some(n) => (n, 60),
-        None => (v.strip_suffix('s').unwrap_or(v), 1),
+    let (number, unit) = if let Some(n) = v.strip_suffix('h') {
+        (n, 3600)
+    } else if let Some(n) = v.strip_suffix('m') {
+        (n, 60)
+    } else {
+        (v.strip_suffix('s').unwrap_or(v), 1)
     };
     number
         .trim()
         .parse::<u64>()
         .map(|n| Duration::from_secs(n * unit))
-        .map_err(|_| {
-            invalid(
-                "DRAIN_TIMEOUT",
-                format!("{v:?} is not a time such as 600, 90s or 10m"),
-            )
-        })
+        .map_err(|_| invalid(var, format!("{v:?} is not a time such as 600, 90s or 10m")))
 }
 
 /// `prefix` + 32 hexadecimal characters.
@@ -1288,8 +1299,8 @@ mod tests {
     /// come from the loader itself, so a new setting cannot be forgotten).
     #[test]
     fn every_setting_is_documented() {
-        let env_example = include_str!("../.env.example");
-        let readme = include_str!("../README.md");
+        let env_example = include_str!("../../.env.example");
+        let readme = include_str!("../../README.md");
         let names = Config::setting_names();
         assert!(names.len() > 60, "{names:?}");
         for var in names.iter().map(String::as_str).chain(["RUST_LOG"]) {
@@ -1319,7 +1330,7 @@ mod tests {
     /// whole value, and lets the server start.
     #[test]
     fn every_env_example_line_works_uncommented() {
-        for line in include_str!("../.env.example").lines() {
+        for line in include_str!("../../.env.example").lines() {
             let Some(assignment) = line.strip_prefix("# ").filter(|l| {
                 l.split_once('=').is_some_and(|(k, _)| {
                     !k.is_empty() && k.chars().all(|c| c.is_ascii_uppercase() || c == '_')
