@@ -1,9 +1,9 @@
 //! Settings of the chat channel (Twilio Conversations: Flex WebChat, SMS, WhatsApp) and its
 //! handoff through the Flex Interactions API.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
-use super::{check_sid, duration, http_url, invalid, ConfigError, LimitsConfig, Vars};
+use super::{check_sid, duration, http_url, invalid, prompt_file, ConfigError, LimitsConfig, Vars};
 use crate::twilio::{conversations::DEFAULT_CONVERSATIONS_BASE, flex::DEFAULT_FLEX_BASE};
 
 /// The built-in chat prompt: written for the eye (short paragraphs, no speech conventions).
@@ -75,25 +75,7 @@ pub(super) fn read(vars: &Vars, limits: &LimitsConfig) -> Result<ChatConfig, Con
     if idle_timeout.is_zero() {
         return Err(invalid("CHAT_IDLE_TIMEOUT", "must be greater than 0"));
     }
-    let system_prompt = match vars.get("CHAT_SYSTEM_PROMPT_FILE") {
-        None => DEFAULT_CHAT_SYSTEM_PROMPT.to_owned(),
-        Some(path) => {
-            let path = PathBuf::from(path.trim());
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                invalid(
-                    "CHAT_SYSTEM_PROMPT_FILE",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            if text.trim().is_empty() {
-                return Err(invalid(
-                    "CHAT_SYSTEM_PROMPT_FILE",
-                    format!("{} is empty", path.display()),
-                ));
-            }
-            text
-        }
-    };
+    let system_prompt = prompt_file(vars, "CHAT_SYSTEM_PROMPT_FILE", DEFAULT_CHAT_SYSTEM_PROMPT)?;
     let greeting = match vars.raw("CHAT_GREETING") {
         None => Some("Hi! I'm relaybot, a virtual assistant. How can I help you today?".into()),
         Some(v) if v.trim().is_empty() => None,

@@ -695,25 +695,7 @@ impl Config {
             max_tool_steps,
         };
 
-        let system_prompt = match vars.get("SYSTEM_PROMPT_FILE") {
-            None => DEFAULT_SYSTEM_PROMPT.to_owned(),
-            Some(path) => {
-                let path = PathBuf::from(path.trim());
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    invalid(
-                        "SYSTEM_PROMPT_FILE",
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?;
-                if text.trim().is_empty() {
-                    return Err(invalid(
-                        "SYSTEM_PROMPT_FILE",
-                        format!("{} is empty", path.display()),
-                    ));
-                }
-                text
-            }
-        };
+        let system_prompt = prompt_file(vars, "SYSTEM_PROMPT_FILE", DEFAULT_SYSTEM_PROMPT)?;
 
         // WELCOME_GREETING: unset → default; set but empty → no greeting.
         let welcome_greeting = match vars.raw("WELCOME_GREETING") {
@@ -982,6 +964,20 @@ fn duration(vars: &Vars, var: &str, default: Duration) -> Result<Duration, Confi
         .parse::<u64>()
         .map(|n| Duration::from_secs(n * unit))
         .map_err(|_| invalid(var, format!("{v:?} is not a time such as 600, 90s or 10m")))
+}
+
+/// A system prompt: the contents of the file `var` names, else `default`.
+fn prompt_file(vars: &Vars, var: &str, default: &str) -> Result<String, ConfigError> {
+    let Some(path) = vars.get(var) else {
+        return Ok(default.to_owned());
+    };
+    let path = PathBuf::from(path.trim());
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| invalid(var, format!("cannot read {}: {e}", path.display())))?;
+    if text.trim().is_empty() {
+        return Err(invalid(var, format!("{} is empty", path.display())));
+    }
+    Ok(text)
 }
 
 /// `prefix` + 32 hexadecimal characters.
