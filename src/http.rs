@@ -44,6 +44,7 @@ use tower_http::trace::TraceLayer;
 use crate::{
     agent::{mask_number, Agent, Departure},
     config::Config,
+    conversation::Persona,
     handoff::{self, HandoffData, HandoffPath, HandoffStore, Route},
     relay::{
         resume::ResumeStore,
@@ -64,8 +65,8 @@ use crate::{
 pub struct AppState {
     /// Settings.
     pub config: Arc<Config>,
-    /// The agent every call uses.
-    pub agent: Arc<Agent>,
+    /// The voice agent every call uses (prompt written for the ear, tools, spoken lines).
+    pub voice: Arc<Persona>,
     /// How calls leave Conversation Relay, and the handoff records.
     pub handoff: Arc<HandoffDeps>,
     /// Tracks call sessions and their turn tasks, so shutdown can wait for them.
@@ -101,6 +102,9 @@ impl AppState {
     /// # Errors
     /// A message when the Calls API client cannot be built.
     pub fn new(config: Config, agent: Agent) -> Result<Self, String> {
+        let human_available =
+            config.handoff.workflow_sid.is_some() || config.handoff.studio_flow_url.is_some();
+        let voice = Arc::new(Persona::voice(&config, Arc::new(agent), human_available));
         let route = match (
             &config.handoff.studio_flow_url,
             config.twilio.rest_credentials(),
@@ -119,8 +123,6 @@ impl AppState {
         let handoff = HandoffDeps {
             route,
             store: HandoffStore::new(config.handoff.record_ttl),
-            handoff_line: config.handoff.handoff_line.clone(),
-            end_call_line: config.handoff.end_call_line.clone(),
             max_wait: config.handoff.max_wait,
         };
         let mut tokens = Vec::new();
@@ -140,7 +142,7 @@ impl AppState {
             resume: ResumeStore::new(config.limits.reconnect_grace),
             limits: Arc::new(config.limits.clone()),
             config: Arc::new(config),
-            agent: Arc::new(agent),
+            voice,
             handoff: Arc::new(handoff),
             tracker: TaskTracker::new(),
             calls_cancel: CancellationToken::new(),
@@ -820,12 +822,10 @@ async fn relay_socket(
     };
     let limits = &state.config.limits;
     let deps = SessionDeps {
-        agent: state.agent.clone(),
+        persona: state.voice.clone(),
         welcome_greeting: state.config.welcome_greeting.clone(),
-        error_line: state.config.error_line.clone(),
         handoff: state.handoff.clone(),
         limits: state.limits.clone(),
-        human_available: state.human_available(),
         resume: state.resume.clone(),
         wrap_up: state.wrap_up.clone(),
         tracker: state.tracker.clone(),

@@ -21,6 +21,7 @@
 pub mod agent;
 pub mod bench;
 pub mod config;
+pub mod conversation;
 pub mod handoff;
 pub mod http;
 pub mod relay;

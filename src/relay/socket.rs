@@ -86,10 +86,10 @@ pub async fn run(
                 },
                 // The turn before its events: a chunk it reads in this pass is queued and then
                 // seen below in the same pass, not after a trip through the scheduler's queue.
-                () = drive(&mut session.running) => session.running = None,
-                Some((id, event)) = session.inbox.events.recv() => session.on_turn_event(id, event),
-                Some(request) = session.inbox.control.recv() => session.on_control(request),
-                Some(result) = session.inbox.moved.recv() => session.on_moved(result),
+                () = drive(&mut session.core.running) => session.core.running = None,
+                Some((id, event)) = session.core.inbox.events.recv() => session.on_turn_event(id, event),
+                Some(request) = session.core.inbox.control.recv() => session.on_control(request),
+                Some(result) = session.moved.recv() => session.on_moved(result),
                 () = &mut wrapped, if !wrapped_up => {
                     wrapped_up = true;
                     session.on_wrap_up();
