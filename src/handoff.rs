@@ -261,17 +261,29 @@ pub enum HandoffPath {
     CallsApiToStudio,
     /// `end` + `<Connect action>`.
     ConnectAction,
+    /// A chat given to Flex through the Interactions API.
+    FlexInteraction,
+    /// A chat whose Studio flow hands it to Flex (`send-to-flex`).
+    StudioChat,
 }
 
-/// The story of a handed-off call, for the human agent (`GET /calls/{callSid}/handoff`).
+/// The story of a handed-off call or chat, for the human agent (`GET /calls/{callSid}/handoff`,
+/// `GET /conversations/{ConversationSid}/handoff`).
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HandoffRecord {
-    /// The call.
+    /// The call (`CA…`); empty for a chat.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub call_sid: String,
-    /// The caller.
+    /// The chat (`CH…`); empty for a call.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub conversation_sid: String,
+    /// The Flex interaction (`KD…`) a chat handoff created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interaction_sid: Option<String>,
+    /// The caller (or the chat's author).
     pub from: String,
-    /// The number called.
+    /// The number called (empty for a chat).
     pub to: String,
     /// Why the call was handed off.
     pub reason: String,
@@ -323,8 +335,13 @@ impl HandoffStore {
         if sweep.due(now) {
             map.retain(|_, s| s.expires > now);
         }
+        let key = if record.call_sid.is_empty() {
+            record.conversation_sid.clone()
+        } else {
+            record.call_sid.clone()
+        };
         map.insert(
-            record.call_sid.clone(),
+            key,
             Stored {
                 record,
                 expires: now + self.ttl,
@@ -454,6 +471,8 @@ mod tests {
     fn store_expires_records() {
         let store = HandoffStore::new(Duration::ZERO);
         store.insert(HandoffRecord {
+            conversation_sid: String::new(),
+            interaction_sid: None,
             call_sid: "CA1".into(),
             from: String::new(),
             to: String::new(),

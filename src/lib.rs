@@ -6,7 +6,10 @@
 //! # Layout
 //! - [`config`]: settings from the environment, checked at start.
 //! - [`http`]: the HTTP edge: `/twiml`, `/ws`, `/action`, `/healthz`; [`http::serve`].
-//! - [`relay`]: the Conversation Relay protocol and the per-call session.
+//! - [`conversation`]: the conversation core every channel shares (history, turns, failures,
+//!   leaving).
+//! - [`relay`]: the Conversation Relay protocol and the per-call session (voice).
+//! - [`chat`]: the Twilio Conversations channel (webhook or Studio) and its Flex handoff.
 //! - [`agent`]: the chat model (OpenAI-compatible or offline), tools, and the turn loop.
 //! - [`handoff`]: moving the call to a human in Flex (Calls API → Studio, or `end` → `/action`).
 //! - [`twilio`]: TwiML, webhook forms, request signatures, the Calls API.
@@ -20,6 +23,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod chat;
 pub mod config;
 pub mod conversation;
 pub mod handoff;
@@ -43,8 +47,10 @@ use crate::{
     http::AppState,
 };
 
-/// Builds the shared state for `config`: the call-control tools (`agent_handoff`, `end_call`,
-/// and `switch_language` when `<Language>`s are configured), then `extra_tools`.
+/// Builds the shared state for `config`: the voice agent with the call-control tools
+/// (`agent_handoff`, `end_call`, and `switch_language` when `<Language>`s are configured), the
+/// chat agent with its own (`agent_handoff` when chat handoffs are configured, `end_call`), and
+/// `extra_tools` on both.
 ///
 /// # Errors
 /// A message when a client cannot be built or a tool name is taken twice.
@@ -70,8 +76,16 @@ pub fn build_state(config: Config, extra_tools: ToolRegistry) -> Result<AppState
     {
         tools.register(tool).map_err(|e| e.to_string())?;
     }
-    let agent = Agent::from_config(&config, tools)?;
-    AppState::new(config, agent)
+    let voice = Agent::from_config(&config, tools)?;
+    let mut chat_tools = ToolRegistry::new();
+    for tool in agent::call_tools::chat_control_tools(chat::ChatState::human_available(&config))
+        .into_iter()
+        .chain(extra_tools.tools().iter().cloned())
+    {
+        chat_tools.register(tool).map_err(|e| e.to_string())?;
+    }
+    let chat = voice.for_channel(&config.chat.system_prompt, chat_tools);
+    AppState::new(config, voice, chat)
 }
 
 /// A server running in the background.

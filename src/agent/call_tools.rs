@@ -27,12 +27,28 @@ async fn send(input: ToolInput, request: ControlRequest) -> ToolResult {
 
 /// `agent_handoff` {reason, summary}: hands the caller to a human agent.
 pub fn agent_handoff_tool() -> Tool {
-    Tool::new(
-        "agent_handoff",
+    handoff_tool(
         "Transfer the caller to a human agent. Use it when the caller asks for a person, agent, \
          representative or operator, or when you cannot help. The transfer happens right after \
          this turn: do not say goodbye or anything else after calling it; a transfer message is \
          spoken for you.",
+    )
+}
+
+/// `agent_handoff` for chat: the conversation goes to a Flex agent in the same thread.
+pub fn chat_handoff_tool() -> Tool {
+    handoff_tool(
+        "Pass the conversation to a human agent, who joins this same chat. Use it when the \
+         customer asks for a person, agent or representative, or when you cannot help. It \
+         happens right after this turn: write nothing else after calling it; a message telling \
+         the customer is sent for you.",
+    )
+}
+
+fn handoff_tool(description: &str) -> Tool {
+    Tool::new(
+        "agent_handoff",
+        description,
         json!({
             "type": "object",
             "properties": {
@@ -59,10 +75,24 @@ pub fn agent_handoff_tool() -> Tool {
 
 /// `end_call` {reason}: ends the call after a goodbye line.
 pub fn end_call_tool() -> Tool {
-    Tool::new(
-        "end_call",
+    end_tool(
         "End the phone call. Use it only when the caller is done or says goodbye. A goodbye \
          message is spoken for you before the call ends; do not say anything after calling it.",
+    )
+}
+
+/// `end_call` for chat: closes the conversation after a goodbye message.
+pub fn chat_end_tool() -> Tool {
+    end_tool(
+        "Close the chat conversation. Use it only when the customer is done or says goodbye. A \
+         goodbye message is sent for you before it closes; write nothing after calling it.",
+    )
+}
+
+fn end_tool(description: &str) -> Tool {
+    Tool::new(
+        "end_call",
+        description,
         json!({
             "type": "object",
             "properties": {
@@ -112,9 +142,20 @@ pub fn switch_language_tool(languages: &[String]) -> Tool {
 /// The call-control tools: handoff and end always; language switching when `languages` (the
 /// `<Language>` codes plus the main language) has more than one entry.
 pub fn call_control_tools(languages: &[String]) -> Vec<Tool> {
+    // (The chat channel's are [`chat_control_tools`].)
     let mut tools = vec![agent_handoff_tool(), end_call_tool()];
     if languages.len() > 1 {
         tools.push(switch_language_tool(languages));
+    }
+    tools
+}
+
+/// The chat channel's control tools: `end_call` always; `agent_handoff` when a human can take
+/// chats (`human_available`), so the model never offers a transfer that cannot happen.
+pub fn chat_control_tools(human_available: bool) -> Vec<Tool> {
+    let mut tools = vec![chat_end_tool()];
+    if human_available {
+        tools.insert(0, chat_handoff_tool());
     }
     tools
 }

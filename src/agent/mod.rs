@@ -296,6 +296,24 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// Another channel's agent on the same model (one connection pool) and timeouts, with its
+    /// own `system_prompt` and `tools`, and without the "one moment" filler (a chat reply is
+    /// posted whole, so a filler would only sit in front of it).
+    pub fn for_channel(&self, system_prompt: &str, tools: tools::ToolRegistry) -> Agent {
+        Agent {
+            model: self.model.clone(),
+            tools,
+            system_prompt: system_prompt.into(),
+            first_token_timeout: self.first_token_timeout,
+            idle_timeout: self.idle_timeout,
+            max_tool_steps: self.max_tool_steps,
+            filler: None,
+            tool_timeout: self.tool_timeout,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -723,6 +723,8 @@ impl Session {
                 };
                 handoff.store.insert(HandoffRecord {
                     call_sid: data.call_sid.clone(),
+                    conversation_sid: String::new(),
+                    interaction_sid: None,
                     from: data.from.clone(),
                     to: self.core.call.to.clone(),
                     reason: data.reason.clone(),

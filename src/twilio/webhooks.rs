@@ -14,7 +14,8 @@
 /// Form parameters in the order received.
 pub type Params = Vec<(String, String)>;
 
-fn find<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
+/// The first value of the parameter `name`.
+pub fn find<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
     params
         .iter()
         .find(|(k, _)| k == name)

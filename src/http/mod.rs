@@ -18,6 +18,8 @@
 //! `X-Twilio-Signature` is checked on `/twiml`, `/action` and the upgrade before anything else
 //! runs ([`crate::security`]); the upgrade also needs the call token `/twiml` minted.
 
+mod chat;
+
 use std::{
     future::{Future, IntoFuture},
     sync::{Arc, OnceLock},
@@ -43,6 +45,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::{
     agent::{mask_number, Agent, Departure},
+    chat::ChatState,
     config::Config,
     conversation::Persona,
     handoff::{self, HandoffData, HandoffPath, HandoffStore, Route},
@@ -71,6 +74,8 @@ pub struct AppState {
     pub handoff: Arc<HandoffDeps>,
     /// Tracks call sessions and their turn tasks, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// The chat channel (Twilio Conversations).
+    pub chat: ChatState,
     /// Cancelled when calls must stop at once (after the drain); always after `wrap_up`.
     pub calls_cancel: CancellationToken,
     /// Cancelled when a shutdown starts: no new calls.
@@ -101,10 +106,15 @@ impl AppState {
     ///
     /// # Errors
     /// A message when the Calls API client cannot be built.
-    pub fn new(config: Config, agent: Agent) -> Result<Self, String> {
+    pub fn new(config: Config, agent: Agent, chat_agent: Agent) -> Result<Self, String> {
         let human_available =
             config.handoff.workflow_sid.is_some() || config.handoff.studio_flow_url.is_some();
         let voice = Arc::new(Persona::voice(&config, Arc::new(agent), human_available));
+        let chat_persona = Arc::new(Persona::chat(
+            &config,
+            Arc::new(chat_agent),
+            ChatState::human_available(&config),
+        ));
         let route = match (
             &config.handoff.studio_flow_url,
             config.twilio.rest_credentials(),
@@ -132,6 +142,15 @@ impl AppState {
         }
         // Installs the Prometheus recorder before the first call records anything.
         telemetry::metrics();
+        let config = Arc::new(config);
+        let tracker = TaskTracker::new();
+        let draining = CancellationToken::new();
+        let chat = ChatState::new(
+            config.clone(),
+            chat_persona,
+            tracker.clone(),
+            draining.clone(),
+        )?;
         Ok(AppState {
             verifier: Arc::new(Verifier::new(tokens)),
             call_tokens: Arc::new(CallTokens::new(
@@ -141,12 +160,13 @@ impl AppState {
             call_slots: Arc::new(Semaphore::new(config.limits.max_concurrent_calls)),
             resume: ResumeStore::new(config.limits.reconnect_grace),
             limits: Arc::new(config.limits.clone()),
-            config: Arc::new(config),
+            config,
+            chat,
             voice,
             handoff: Arc::new(handoff),
-            tracker: TaskTracker::new(),
+            tracker,
             calls_cancel: CancellationToken::new(),
-            draining: CancellationToken::new(),
+            draining,
             wrap_up: CancellationToken::new(),
             local_base: Arc::new(OnceLock::new()),
         })
@@ -196,6 +216,12 @@ pub fn app(state: AppState) -> Router {
         .route("/action", any(connect_action))
         .route("/ws", get(relay_socket))
         .route("/calls/{call_sid}/handoff", get(handoff_record))
+        .route(crate::chat::WEBHOOK_PATH, any(chat::conversations_webhook))
+        .route("/conversations/turn", axum::routing::post(chat::studio_turn))
+        .route(
+            "/conversations/{conversation_sid}/handoff",
+            get(chat::handoff_record),
+        )
         .route("/healthz", get(health))
         .route("/metrics", get(metrics_page))
         // Spans name the path only: the WebSocket URL's query carries the call token.
@@ -259,7 +285,7 @@ fn verify_webhook(
 /// A Twilio webhook's form parameters, read (body for POST, query for GET) and checked against
 /// `X-Twilio-Signature` before the handler runs: 400 for a malformed form, 403 for a bad
 /// signature.
-struct SignedForm(Vec<(String, String)>);
+pub(crate) struct SignedForm(pub(crate) Vec<(String, String)>);
 
 impl axum::extract::FromRequest<AppState> for SignedForm {
     type Rejection = Response;

@@ -1,0 +1,347 @@
+//! The chat channel: Twilio Conversations (Flex WebChat, SMS, WhatsApp) answered by the same
+//! conversation core as calls, and handed to Flex through the Interactions API.
+//!
+//! Two ways in, one session logic:
+//! - **Direct webhook** (`POST /conversations/webhook`, [`ChatState::accept`]): Twilio's
+//!   post-event webhook. The request is acknowledged at once; the work goes to the
+//!   conversation's own task ([`session`]), which answers through the Conversations REST API
+//!   (one message per turn) and hands off through the Flex Interactions API ([`handoff`]).
+//! - **Studio** (`POST /conversations/turn`, [`ChatState::studio_turn`]): a Studio flow's
+//!   `make-http-request` widget asks for one turn and gets `{reply, action, reason, summary}`;
+//!   the flow posts the reply and does the handoff itself (`send-to-flex`).
+//!
+//! One task per `ConversationSid` (made on the first event, freed after `CHAT_IDLE_TIMEOUT`)
+//! owns that conversation's [`crate::conversation::Conversation`]: messages are handled in
+//! order, one turn at a time, and messages that arrive during a turn are answered together in
+//! the next one (chat has no barge-in). Retried deliveries (same `MessageSid`) are dropped here,
+//! before they reach a session. Source: handoff.md §3 (Conversations webhooks, Interactions
+//! API, getting the bot out of the loop).
+
+pub mod handoff;
+mod registry;
+mod session;
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    config::Config,
+    conversation::Persona,
+    handoff::HandoffStore,
+    twilio::{
+        conversations::ConversationsClient, flex::InteractionsClient, rest::Rest,
+        webhooks::ConversationEvent,
+    },
+};
+
+use registry::Registry;
+
+/// Where Twilio Conversations posts its webhooks to us.
+pub const WEBHOOK_PATH: &str = "/conversations/webhook";
+
+/// How long one Conversations or Interactions request may take before it is retried.
+const REST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages waiting for one conversation's task; past this a conversation is being flooded and
+/// further messages are dropped (logged).
+const QUEUE: usize = 64;
+
+/// The customer's channel, as the Interactions API's `Channel.type` names it
+/// (channels-and-bots.md §3.9).
+///
+/// Derived from the message's `Author`, which Twilio sets to the participant's address:
+/// `whatsapp:+1…` → `whatsapp`, `messenger:…` → `messenger`, `gbm:…` → `gbm`, a phone number
+/// (`+` and digits) → `sms`, anything else (a Conversations identity, as Flex WebChat and our
+/// own widget use) → `web`.
+pub fn channel_type(author: &str) -> &'static str {
+    let author = author.trim();
+    if author.starts_with("whatsapp:") {
+        "whatsapp"
+    } else if author.starts_with("messenger:") {
+        "messenger"
+    } else if author.starts_with("gbm:") {
+        "gbm"
+    } else if author.starts_with('+')
+        && author.len() > 4
+        && author[1..].chars().all(|c| c.is_ascii_digit())
+    {
+        "sms"
+    } else {
+        "web"
+    }
+}
+
+/// One customer message, as the session needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incoming {
+    /// `MessageSid` (`IM…`), empty from Studio.
+    pub message_sid: String,
+    /// `Index`: the message's position in the conversation.
+    pub index: Option<u64>,
+    /// `Body`, trimmed.
+    pub body: String,
+    /// `Author`: the customer's identity or address.
+    pub author: String,
+    /// The message had media (`Media` was a non-empty list).
+    pub has_media: bool,
+    /// `WebhookSid`: the conversation-scoped webhook that delivered it (observed, not
+    /// documented: handoff.md §3.1).
+    pub webhook_sid: Option<String>,
+}
+
+/// What a Studio turn answers (`POST /conversations/turn`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StudioAnswer {
+    /// The text to send the customer (never empty).
+    pub reply: String,
+    /// `continue`, `handoff` or `end`.
+    pub action: &'static str,
+    /// Why the conversation leaves (empty with `continue`).
+    pub reason: String,
+    /// For the human agent (empty unless `handoff`).
+    pub summary: String,
+}
+
+/// What a conversation's task is told.
+#[derive(Debug)]
+enum Input {
+    /// `onConversationAdded`: greet.
+    Added,
+    /// A customer message from the direct webhook.
+    Message(Incoming),
+    /// A customer message from Studio, answered on the channel.
+    Studio(Incoming, oneshot::Sender<StudioAnswer>),
+    /// The conversation was closed or removed: forget it.
+    Gone,
+}
+
+/// Where chat handoffs go (`FLEX_WORKSPACE_SID`, `TWILIO_WORKFLOW_SID`,
+/// `FLEX_CHAT_TASK_CHANNEL`).
+#[derive(Debug, Clone)]
+pub struct FlexRouting {
+    /// The Interactions client.
+    pub client: InteractionsClient,
+    /// `WS…`.
+    pub workspace_sid: String,
+    /// `WW…`.
+    pub workflow_sid: String,
+    /// The task channel's unique name.
+    pub task_channel: String,
+}
+
+/// Everything the chat channel shares. Cheap to clone.
+#[derive(Clone)]
+pub struct ChatState {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    persona: Arc<Persona>,
+    config: Arc<Config>,
+    /// `None` without REST credentials: the direct webhook cannot answer then.
+    conversations: Option<ConversationsClient>,
+    /// `None` unless a workspace, a workflow and credentials are set.
+    routing: Option<FlexRouting>,
+    /// Chat handoff records, by `ConversationSid`.
+    handoffs: HandoffStore,
+    registry: Registry,
+    tracker: TaskTracker,
+    /// Cancelled when a shutdown starts: idle conversations let go.
+    draining: CancellationToken,
+}
+
+impl ChatState {
+    /// The chat channel for `config`, answering with `persona`; tasks are tracked by `tracker`
+    /// and let go when `draining` is cancelled.
+    ///
+    /// # Errors
+    /// A message when the REST clients cannot be built.
+    pub fn new(
+        config: Arc<Config>,
+        persona: Arc<Persona>,
+        tracker: TaskTracker,
+        draining: CancellationToken,
+    ) -> Result<Self, String> {
+        let rest = match config.twilio.rest_credentials() {
+            Some((user, password)) => Some(Rest::new(&user, password, REST_TIMEOUT)?),
+            None => None,
+        };
+        let conversations = rest
+            .clone()
+            .map(|rest| ConversationsClient::new(&config.chat.conversations_base, rest));
+        let routing = match (
+            rest,
+            &config.chat.workspace_sid,
+            &config.handoff.workflow_sid,
+        ) {
+            (Some(rest), Some(workspace), Some(workflow)) => Some(FlexRouting {
+                client: InteractionsClient::new(&config.chat.flex_base, rest),
+                workspace_sid: workspace.clone(),
+                workflow_sid: workflow.clone(),
+                task_channel: config.chat.task_channel.clone(),
+            }),
+            _ => None,
+        };
+        Ok(ChatState {
+            inner: Arc::new(Shared {
+                persona,
+                handoffs: HandoffStore::new(config.handoff.record_ttl),
+                registry: Registry::new(config.chat.max_conversations),
+                config,
+                conversations,
+                routing,
+                tracker,
+                draining,
+            }),
+        })
+    }
+
+    /// Whether chat handoffs can reach Flex (a workspace, a workflow and credentials are set).
+    pub fn human_available(config: &Config) -> bool {
+        config.chat.workspace_sid.is_some()
+            && config.handoff.workflow_sid.is_some()
+            && config.twilio.rest_credentials().is_some()
+    }
+
+    /// The record of a handed-off chat (`GET /conversations/{ConversationSid}/handoff`).
+    pub fn handoff_record(&self, conversation_sid: &str) -> Option<crate::handoff::HandoffRecord> {
+        self.inner.handoffs.get(conversation_sid)
+    }
+
+    /// Conversations with a live task.
+    pub fn live(&self) -> usize {
+        self.inner.registry.live()
+    }
+
+    /// Takes a (verified) post-event webhook: starts or feeds the conversation's task and
+    /// returns at once. Events that need no work (our own messages, retries, events we do not
+    /// act on, conversations already handed off) are logged and dropped.
+    pub fn accept(&self, event: ConversationEvent) {
+        let Some(conversation_sid) = event.conversation_sid.clone().filter(|s| !s.is_empty())
+        else {
+            tracing::warn!(event_type = ?event.event_type, "a Conversations webhook without ConversationSid; skipped");
+            return;
+        };
+        let input = match event.event_type.as_deref() {
+            Some("onMessageAdded") => {
+                let author = event.author.clone().unwrap_or_default();
+                if author == self.inner.config.chat.bot_author {
+                    tracing::debug!("our own message; not answered");
+                    return;
+                }
+                if self.inner.conversations.is_none() {
+                    tracing::error!("a chat message arrived but TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN (or an API key) are not set, so relaybot cannot answer through the Conversations API");
+                    return;
+                }
+                Input::Message(incoming(&event))
+            }
+            Some("onConversationAdded") => Input::Added,
+            Some("onConversationRemoved") => Input::Gone,
+            Some("onConversationStateUpdated")
+                if crate::twilio::webhooks::find(&event.params, "StateTo") == Some("closed") =>
+            {
+                Input::Gone
+            }
+            other => {
+                tracing::debug!(event_type = ?other, "a Conversations event relaybot does not act on");
+                return;
+            }
+        };
+        self.dispatch(&conversation_sid, input);
+    }
+
+    /// One Studio turn: the customer's `body` from `author` in `conversation_sid`; answers when
+    /// the turn is done (the caller bounds the wait).
+    pub fn studio_turn(
+        &self,
+        conversation_sid: &str,
+        body: &str,
+        author: &str,
+    ) -> oneshot::Receiver<StudioAnswer> {
+        let (tx, rx) = oneshot::channel();
+        let message = Incoming {
+            message_sid: String::new(),
+            index: None,
+            body: body.trim().to_owned(),
+            author: author.trim().to_owned(),
+            has_media: false,
+            webhook_sid: None,
+        };
+        self.dispatch(conversation_sid, Input::Studio(message, tx));
+        rx
+    }
+
+    /// Hands `input` to the conversation's task, starting one if needed.
+    fn dispatch(&self, conversation_sid: &str, input: Input) {
+        let shared = &self.inner;
+        let message_sid = match &input {
+            Input::Message(m) => Some(m.message_sid.as_str()),
+            _ => None,
+        };
+        let starts = matches!(input, Input::Message(_) | Input::Studio(..) | Input::Added);
+        match shared.registry.route(conversation_sid, message_sid, starts) {
+            registry::Route::Drop(why) => {
+                tracing::info!(conversation_sid, why, "chat event not acted on");
+            }
+            registry::Route::Send(tx) => {
+                if let Err(e) = tx.try_send(input) {
+                    tracing::warn!(conversation_sid, error = %e, "the conversation's queue is full or closed; message dropped");
+                }
+            }
+            registry::Route::Start(tx, rx) => {
+                let _ = tx.try_send(input);
+                let state = self.clone();
+                let conversation_sid = conversation_sid.to_owned();
+                let span = tracing::info_span!("chat", conversation_sid = %conversation_sid);
+                shared.tracker.spawn(tracing::Instrument::instrument(
+                    session::run(state, conversation_sid, rx),
+                    span,
+                ));
+            }
+        }
+    }
+}
+
+/// The session-facing view of the state.
+impl ChatState {
+    fn persona(&self) -> &Arc<Persona> {
+        &self.inner.persona
+    }
+
+    fn config(&self) -> &Config {
+        &self.inner.config
+    }
+}
+
+/// A message event as the session needs it.
+fn incoming(event: &ConversationEvent) -> Incoming {
+    Incoming {
+        message_sid: event.message_sid.clone().unwrap_or_default(),
+        index: crate::twilio::webhooks::find(&event.params, "Index").and_then(|i| i.parse().ok()),
+        body: event.body.as_deref().unwrap_or_default().trim().to_owned(),
+        author: event.author.clone().unwrap_or_default(),
+        has_media: event.media.is_some(),
+        webhook_sid: event.webhook_sid.clone(),
+    }
+}
+
+/// A new conversation's channel pair.
+fn channel() -> (mpsc::Sender<Input>, mpsc::Receiver<Input>) {
+    mpsc::channel(QUEUE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_types_follow_the_author() {
+        assert_eq!(channel_type("whatsapp:+15551230000"), "whatsapp");
+        assert_eq!(channel_type("+15551230000"), "sms");
+        assert_eq!(channel_type("messenger:1234"), "messenger");
+        assert_eq!(channel_type("FXa1b2c3"), "web");
+        assert_eq!(channel_type("alice@example.com"), "web");
+        assert_eq!(channel_type("+1"), "web");
+    }
+}

@@ -1,0 +1,156 @@
+//! Which conversations have a live task, which messages were already taken (Twilio retries a
+//! delivery it thinks failed, with the same `MessageSid`), and which conversations were handed
+//! to a human. One short lock, never held across an await.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::mpsc;
+
+use super::Input;
+use crate::store::Sweep;
+
+/// How long a `MessageSid` is remembered: Twilio's retries of one delivery come within minutes.
+const SEEN_FOR: Duration = Duration::from_secs(60 * 60);
+/// How long a handed-off conversation is remembered here (the conversation's `handedOff`
+/// attribute is the lasting mark; this spares a REST read per message meanwhile).
+const HANDED_OFF_FOR: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Where an event goes.
+pub(super) enum Route {
+    /// To the conversation's live task.
+    Send(mpsc::Sender<Input>),
+    /// To a new task, to be started with this receiver.
+    Start(mpsc::Sender<Input>, mpsc::Receiver<Input>),
+    /// Nowhere, for this reason.
+    Drop(&'static str),
+}
+
+#[derive(Default)]
+struct Maps {
+    live: HashMap<String, mpsc::Sender<Input>>,
+    seen: HashMap<String, Instant>,
+    handed_off: HashMap<String, Instant>,
+    sweep: Sweep,
+}
+
+/// The chat channel's bookkeeping.
+pub(super) struct Registry {
+    maps: Mutex<Maps>,
+    max_live: usize,
+}
+
+impl Registry {
+    /// At most `max_live` conversations with a task at once.
+    pub(super) fn new(max_live: usize) -> Self {
+        Registry {
+            maps: Mutex::new(Maps::default()),
+            max_live,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Maps> {
+        self.maps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Conversations with a live task.
+    pub(super) fn live(&self) -> usize {
+        self.lock().live.len()
+    }
+
+    /// Where an event of `conversation_sid` goes. `message_sid`: a message seen before is
+    /// dropped (and remembered otherwise); `starts`: whether the event may start a task.
+    pub(super) fn route(
+        &self,
+        conversation_sid: &str,
+        message_sid: Option<&str>,
+        starts: bool,
+    ) -> Route {
+        let now = Instant::now();
+        let mut maps = self.lock();
+        let maps = &mut *maps;
+        if maps.sweep.due(now) {
+            maps.seen.retain(|_, until| *until > now);
+            maps.handed_off.retain(|_, until| *until > now);
+        }
+        if let Some(sid) = message_sid.filter(|s| !s.is_empty()) {
+            if maps.seen.get(sid).is_some_and(|until| *until > now) {
+                return Route::Drop("a retried delivery of a message already taken");
+            }
+            maps.seen.insert(sid.to_owned(), now + SEEN_FOR);
+        }
+        if message_sid.is_some()
+            && maps
+                .handed_off
+                .get(conversation_sid)
+                .is_some_and(|until| *until > now)
+        {
+            return Route::Drop("the conversation was handed to a human");
+        }
+        if let Some(tx) = maps.live.get(conversation_sid).filter(|tx| !tx.is_closed()) {
+            return Route::Send(tx.clone());
+        }
+        if !starts {
+            return Route::Drop("no live conversation");
+        }
+        if maps.live.len() >= self.max_live {
+            maps.live.retain(|_, tx| !tx.is_closed());
+            if maps.live.len() >= self.max_live {
+                return Route::Drop("at CHAT_MAX_CONVERSATIONS");
+            }
+        }
+        let (tx, rx) = super::channel();
+        maps.live.insert(conversation_sid.to_owned(), tx.clone());
+        Route::Start(tx, rx)
+    }
+
+    /// The task of `conversation_sid` is ending: later events start a new one.
+    pub(super) fn remove(&self, conversation_sid: &str) {
+        self.lock().live.remove(conversation_sid);
+    }
+
+    /// Marks `conversation_sid` handed off: its messages are dropped from now on.
+    pub(super) fn mark_handed_off(&self, conversation_sid: &str) {
+        self.lock()
+            .handed_off
+            .insert(conversation_sid.to_owned(), Instant::now() + HANDED_OFF_FOR);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_handoffs_and_the_cap() {
+        let registry = Registry::new(1);
+        let Route::Start(_tx, _rx) = registry.route("CH1", Some("IM1"), true) else {
+            panic!("the first message starts a task");
+        };
+        assert!(matches!(
+            registry.route("CH1", Some("IM1"), true),
+            Route::Drop(_)
+        ));
+        assert!(matches!(
+            registry.route("CH1", Some("IM2"), true),
+            Route::Send(_)
+        ));
+        assert!(
+            matches!(registry.route("CH2", Some("IM3"), true), Route::Drop(why) if why.contains("MAX")),
+            "past the cap"
+        );
+        registry.mark_handed_off("CH1");
+        assert!(matches!(
+            registry.route("CH1", Some("IM4"), true),
+            Route::Drop(_)
+        ));
+        registry.remove("CH1");
+        assert_eq!(registry.live(), 0);
+        assert!(matches!(registry.route("CH3", None, false), Route::Drop(_)));
+    }
+}
