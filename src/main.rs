@@ -1,6 +1,6 @@
 //! The `relaybot` binary: `relaybot` (or `relaybot serve`) runs the server; `relaybot call`
-//! rings it from the terminal; `relaybot bench` measures it. Everything else lives in the
-//! library.
+//! rings it from the terminal; `relaybot chat` writes to it as a Twilio Conversations customer;
+//! `relaybot bench` measures it. Everything else lives in the library.
 
 use std::{process::ExitCode, time::Duration};
 
@@ -8,7 +8,12 @@ use clap::{Args, Parser, Subcommand};
 use relaybot::{
     agent::tools::ToolRegistry,
     config::Config,
-    simulator::{self, CallCommand, DialOptions, FakeCallsApi},
+    simulator::{
+        self,
+        chat::{ChatCommand, ChatEnd},
+        conversations_api::FakeConversationsApi,
+        CallCommand, DialOptions, FakeCallsApi,
+    },
 };
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -29,6 +34,10 @@ enum Command {
     Serve,
     /// Ring the server the way Twilio does and talk to the agent in the terminal.
     Call(CallArgs),
+    /// Write to the bot the way Twilio Conversations delivers a chat (web chat, SMS or
+    /// WhatsApp), with a stand-in for Twilio's Conversations and Flex APIs that shows what the
+    /// bot posts and what Flex receives on a handoff.
+    Chat(ChatArgs),
     /// Measure the server: relay overhead per token, CPU time and memory per call, under
     /// simulated Twilio calls and a fake model that streams at a set rate.
     Bench(relaybot::bench::BenchOptions),
@@ -57,6 +66,36 @@ struct CallArgs {
     /// in milliseconds.
     #[arg(long, default_value_t = 1500)]
     linger_ms: u64,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    /// Server to write to; default http://HOST:PORT from the settings. If nothing answers there,
+    /// a server is started in-process, its Conversations and Flex API requests sent to the
+    /// stand-in.
+    #[arg(long)]
+    url: Option<String>,
+    /// A customer line for a scripted chat (repeatable; `/media` and `/redeliver` work too).
+    /// Without it the chat is interactive.
+    #[arg(long = "say", value_name = "TEXT")]
+    say: Vec<String>,
+    /// The customer's address (`Author`): `+1…` chats over SMS, `whatsapp:+1…` over WhatsApp,
+    /// an identity such as `FXabc` over Flex web chat.
+    #[arg(long, default_value = "+15005550006")]
+    from: String,
+    /// Longest wait for one reply, in seconds.
+    #[arg(long, default_value_t = 60)]
+    reply_timeout: u64,
+    /// After the last line (the script's end, or stdin closed), how long to watch for a late
+    /// reply, a handoff or a close, in milliseconds.
+    #[arg(long, default_value_t = 1500)]
+    linger_ms: u64,
+    /// Run the Conversations/Flex stand-in on this loopback port, for a server already running
+    /// with TWILIO_CONVERSATIONS_BASE and TWILIO_FLEX_BASE set to http://127.0.0.1:PORT
+    /// (without it, `chat` refuses a server it did not start, since it could not see the
+    /// replies).
+    #[arg(long)]
+    api_port: Option<u16>,
 }
 
 fn init_tracing(default: &str) {
@@ -163,10 +202,10 @@ fn bench(options: relaybot::bench::BenchOptions) -> ExitCode {
     }
 }
 
-/// `serve` and `call`, on the multi-threaded runtime.
+/// `serve`, `call` and `chat`, on the multi-threaded runtime.
 async fn run(cli: Cli) -> ExitCode {
-    let is_call = matches!(cli.command, Some(Command::Call(_)));
-    init_tracing(if is_call {
+    let is_simulator = matches!(cli.command, Some(Command::Call(_) | Command::Chat(_)));
+    init_tracing(if is_simulator {
         "warn"
     } else {
         "relaybot=info,warn"
@@ -181,6 +220,7 @@ async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         None | Some(Command::Serve) => serve(config).await,
         Some(Command::Call(args)) => call(config, args).await,
+        Some(Command::Chat(args)) => chat(config, args).await,
         Some(Command::Bench(_)) => unreachable!("bench runs on its own runtime"),
     };
     match result {
@@ -247,7 +287,8 @@ async fn serve(config: Config) -> Result<(), String> {
         .map_err(|e| format!("server failed: {e}"))
 }
 
-async fn call(config: Config, args: CallArgs) -> Result<(), String> {
+/// `http://HOST:PORT` from the settings (loopback when HOST is unspecified).
+fn default_url(config: &Config) -> String {
     let host = if config.host.is_unspecified() {
         "127.0.0.1".to_owned()
     } else if config.host.is_ipv6() {
@@ -255,10 +296,24 @@ async fn call(config: Config, args: CallArgs) -> Result<(), String> {
     } else {
         config.host.to_string()
     };
-    let url = args
-        .url
-        .clone()
-        .unwrap_or_else(|| format!("http://{host}:{}", config.port));
+    format!("http://{host}:{}", config.port)
+}
+
+/// Whether a server answers `GET {url}/healthz`.
+async fn answers(url: &str) -> Result<bool, String> {
+    let probe = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok(probe
+        .get(format!("{}/healthz", url.trim_end_matches('/')))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success()))
+}
+
+async fn call(config: Config, args: CallArgs) -> Result<(), String> {
+    let url = args.url.clone().unwrap_or_else(|| default_url(&config));
     let options = DialOptions {
         from: args.from.clone(),
         to: args.to.clone(),
@@ -268,15 +323,7 @@ async fn call(config: Config, args: CallArgs) -> Result<(), String> {
             .as_ref()
             .map(|u| u.as_str().trim_end_matches('/').to_owned()),
     };
-    let probe = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .map_err(|e| e.to_string())?;
-    let alive = probe
-        .get(format!("{}/healthz", url.trim_end_matches('/')))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success());
+    let alive = answers(&url).await?;
     let mut in_process = None;
     let mut calls_api = None;
     let mut _stand_in = None;
@@ -327,6 +374,115 @@ async fn call(config: Config, args: CallArgs) -> Result<(), String> {
         calls_api,
     })
     .await
+    .map_err(|e| e.to_string());
+    if let Some(server) = in_process {
+        server.shutdown.cancel();
+        server.handle.abort();
+    }
+    result
+}
+
+/// `relaybot chat`. It always runs a [`FakeConversationsApi`]: the bot's replies, handoffs and
+/// closes are REST calls, and the stand-in is where the terminal sees them. An in-process
+/// server is pointed at it (and given stand-in Twilio and Flex SIDs where unset, so a handoff
+/// runs end to end). A server already running elsewhere sends its REST calls wherever its own
+/// `TWILIO_CONVERSATIONS_BASE`/`TWILIO_FLEX_BASE` say, so `chat` only talks to one when
+/// `--api-port` puts the stand-in at a known address (the server must have been started
+/// with both set to it), and refuses otherwise.
+async fn chat(mut config: Config, args: ChatArgs) -> Result<(), String> {
+    let url = args.url.clone().unwrap_or_else(|| default_url(&config));
+    let alive = answers(&url).await?;
+    if alive && args.api_port.is_none() {
+        return Err(format!(
+            "a server already answers at {url}, but its Conversations and Flex API requests go to its own TWILIO_CONVERSATIONS_BASE/TWILIO_FLEX_BASE, where this simulator cannot see the replies. \
+             Stop it (a server is then started in-process), or start it with TWILIO_CONVERSATIONS_BASE=http://127.0.0.1:8089 TWILIO_FLEX_BASE=http://127.0.0.1:8089 and run `relaybot chat --api-port 8089`."
+        ));
+    }
+    let api = FakeConversationsApi::start_on(args.api_port.unwrap_or(0))
+        .await
+        .map_err(|e| format!("cannot start the Conversations API stand-in: {e}"))?;
+    let mut in_process = None;
+    let target = if alive {
+        println!(
+            "Writing to the server at {url}. Its replies show here only if it was started with TWILIO_CONVERSATIONS_BASE={base} and TWILIO_FLEX_BASE={base}.",
+            base = api.base_url
+        );
+        url
+    } else {
+        config.chat.conversations_base = api.base_url.clone();
+        config.chat.flex_base = api.base_url.clone();
+        let mut stand_ins = Vec::new();
+        if config.twilio.account_sid.is_none() {
+            let sid = simulator::new_sid("AC");
+            stand_ins.push(format!("TWILIO_ACCOUNT_SID={sid}"));
+            config.twilio.account_sid = Some(sid);
+        }
+        if config.twilio.auth_token.is_none() {
+            config.twilio.auth_token = Some(simulator::new_sid("").into());
+            stand_ins.push("TWILIO_AUTH_TOKEN=(random)".into());
+        }
+        if config.handoff.workflow_sid.is_none() {
+            let sid = simulator::new_sid("WW");
+            stand_ins.push(format!("TWILIO_WORKFLOW_SID={sid}"));
+            config.handoff.workflow_sid = Some(sid);
+        }
+        if config.chat.workspace_sid.is_none() {
+            let sid = simulator::new_sid("WS");
+            stand_ins.push(format!("FLEX_WORKSPACE_SID={sid}"));
+            config.chat.workspace_sid = Some(sid);
+        }
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let describe = config.describe_llm();
+        let state = relaybot::build_state(config.clone(), ToolRegistry::new())?;
+        let server = relaybot::start(listener, state).map_err(|e| e.to_string())?;
+        let target = format!("http://{}", server.addr);
+        println!(
+            "No relaybot server answered at {url}, so one was started in-process at {target}."
+        );
+        println!("It answers with {describe}.");
+        println!(
+            "Its Conversations and Flex API requests go to this chat's stand-in for Twilio at {}.",
+            api.base_url
+        );
+        if !stand_ins.is_empty() {
+            println!(
+                "Stand-ins (not real Twilio resources) so the Flex handoff can run here: {}.",
+                stand_ins.join(", ")
+            );
+        }
+        in_process = Some(server);
+        target
+    };
+    let signing_base = config
+        .public_url
+        .as_ref()
+        .map(|u| u.as_str().trim_end_matches('/').to_owned())
+        .unwrap_or_else(|| target.clone());
+    let reply_timeout = Duration::from_secs(args.reply_timeout);
+    let greeting_wait = if in_process.is_some() && config.chat.greeting.is_none() {
+        Duration::ZERO
+    } else {
+        reply_timeout.min(Duration::from_secs(5))
+    };
+    let result = simulator::chat::run_chat(ChatCommand {
+        url: target,
+        signing_base,
+        auth_token: config
+            .twilio
+            .auth_token
+            .as_ref()
+            .map(|t| secrecy::ExposeSecret::expose_secret(t).to_owned()),
+        from: args.from,
+        script: args.say,
+        reply_timeout,
+        linger: Duration::from_millis(args.linger_ms),
+        greeting_wait,
+        api,
+    })
+    .await
+    .map(|_: ChatEnd| ())
     .map_err(|e| e.to_string());
     if let Some(server) = in_process {
         server.shutdown.cancel();

@@ -92,7 +92,7 @@ impl OfflineModel {
                 return Reply::Call {
                     name: "agent_handoff",
                     arguments: json!({
-                        "reason": "The caller asked to speak to a person.",
+                        "reason": "The customer asked to speak to a person.",
                         "summary": summary(&request.messages),
                     }),
                 };
@@ -106,7 +106,7 @@ impl OfflineModel {
             if has_tool("end_call") {
                 return Reply::Call {
                     name: "end_call",
-                    arguments: json!({ "reason": "The caller said goodbye." }),
+                    arguments: json!({ "reason": "The customer said goodbye." }),
                 };
             }
             return Reply::Say("Thanks for calling. Goodbye!".into());
@@ -173,7 +173,7 @@ fn summary(messages: &[Message]) -> String {
         .collect();
     let recent = &said[said.len().saturating_sub(3)..];
     format!(
-        "The caller asked for a person. Recent caller lines: {}",
+        "The customer asked for a person. Their recent lines: {}",
         recent
             .iter()
             .map(|s| format!("\u{201c}{s}\u{201d}"))

@@ -223,8 +223,13 @@ impl ChatSession {
             call.from = author;
             self.core.call = Arc::new(call);
         }
+        let max = self.state.config().limits.max_prompt_chars;
         let mut text = String::new();
-        for message in &messages {
+        for message in &mut messages {
+            if let Some((cut, _)) = message.body.char_indices().nth(max) {
+                tracing::warn!(max, "message longer than MAX_PROMPT_CHARS; cut");
+                message.body.truncate(cut);
+            }
             self.core.note("caller", &message.body);
             if !text.is_empty() {
                 text.push('\n');

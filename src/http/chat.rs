@@ -13,7 +13,7 @@ use axum::{
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{check_api_token, verify_webhook, AppState, SignedForm};
+use super::{record_answer, verify_webhook, AppState, SignedForm};
 use crate::{
     chat::StudioAnswer,
     twilio::webhooks::{parse_form, ConversationEvent},
@@ -137,18 +137,7 @@ pub(super) async fn handoff_record(
     Path(conversation_sid): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if state.config.handoff.api_token.is_none() {
-        return StatusCode::NOT_FOUND.into_response();
-    }
-    if let Err(refused) = check_api_token(&state, &headers) {
-        return refused.into_response();
-    }
-    match state.chat.handoff_record(&conversation_sid) {
-        Some(record) => Json(record).into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(serde_json::json!({"error": "no handoff record for this conversation"})),
-        )
-            .into_response(),
-    }
+    record_answer(&state, &headers, "conversation", |state| {
+        state.chat.handoff_record(&conversation_sid)
+    })
 }

@@ -780,17 +780,30 @@ async fn handoff_record(
     Path(call_sid): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    record_answer(&state, &headers, "call", |state| {
+        state.handoff.store.get(&call_sid)
+    })
+}
+
+/// A handoff record as JSON, behind `API_TOKEN` (404 when it is unset or there is no record of
+/// this `what`).
+fn record_answer(
+    state: &AppState,
+    headers: &HeaderMap,
+    what: &str,
+    find: impl FnOnce(&AppState) -> Option<handoff::HandoffRecord>,
+) -> Response {
     if state.config.handoff.api_token.is_none() {
         return StatusCode::NOT_FOUND.into_response();
     }
-    if let Err(refused) = check_api_token(&state, &headers) {
+    if let Err(refused) = check_api_token(state, headers) {
         return refused.into_response();
     }
-    match state.handoff.store.get(&call_sid) {
+    match find(state) {
         Some(record) => Json(record).into_response(),
         None => (
             StatusCode::NOT_FOUND,
-            Json(serde_json::json!({"error": "no handoff record for this call"})),
+            Json(serde_json::json!({"error": format!("no handoff record for this {what}")})),
         )
             .into_response(),
     }

@@ -29,6 +29,10 @@ use crate::{
     twilio::{signature, twiml},
 };
 
+pub mod chat;
+pub mod chat_customer;
+pub mod conversations_api;
+
 /// What can go wrong while playing Twilio.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {

@@ -13,20 +13,33 @@ fn free_port() -> u16 {
 
 /// Runs `relaybot call` with no key and no server (so one starts in-process), with `env` set.
 fn call(env: &[(&str, &str)], lines: &[&str]) -> (Output, String) {
+    run(&["call"], env, lines)
+}
+
+/// Runs `relaybot <args…>` with no key, no server and no Twilio or Flex settings from the
+/// environment, with `env` set and each of `lines` as a `--say`; checks it exits successfully.
+fn run(args: &[&str], env: &[(&str, &str)], lines: &[&str]) -> (Output, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_relaybot"));
+    command.current_dir(std::env::temp_dir());
+    for var in [
+        "OPENAI_API_KEY",
+        "LLM_PROVIDER",
+        "PUBLIC_URL",
+        "STUDIO_FLOW_URL",
+        "TWILIO_WORKFLOW_SID",
+        "TWILIO_ACCOUNT_SID",
+        "TWILIO_AUTH_TOKEN",
+        "TWILIO_API_BASE",
+        "FLEX_WORKSPACE_SID",
+        "TWILIO_CONVERSATIONS_BASE",
+        "TWILIO_FLEX_BASE",
+    ] {
+        command.env_remove(var);
+    }
     command
-        .current_dir(std::env::temp_dir())
-        .env_remove("OPENAI_API_KEY")
-        .env_remove("LLM_PROVIDER")
-        .env_remove("PUBLIC_URL")
-        .env_remove("STUDIO_FLOW_URL")
-        .env_remove("TWILIO_WORKFLOW_SID")
-        .env_remove("TWILIO_ACCOUNT_SID")
-        .env_remove("TWILIO_AUTH_TOKEN")
-        .env_remove("TWILIO_API_BASE")
         .env("PORT", free_port().to_string())
         .env("OFFLINE_TOKEN_DELAY_MS", "1")
-        .arg("call");
+        .args(args);
     for (k, v) in env {
         command.env(k, v);
     }
@@ -205,4 +218,28 @@ fn each_turn_logs_its_stage_timings() {
             assert!(line.contains(field), "{field} in {line}");
         }
     }
+}
+
+/// `relaybot chat --say …` with no key, no server and no Twilio account: a server starts
+/// in-process, the fake Conversations/Interactions API stands in for Twilio, the offline agent
+/// answers, and a handoff shows the interaction Flex would get; the bot then stays silent.
+#[test]
+fn chat_command_hands_the_conversation_to_flex() {
+    let (_, stdout) = run(
+        &["chat", "--from", "whatsapp:+15005550006"],
+        &[],
+        &["hello", "I want to talk to a person", "still there?"],
+    );
+    assert!(stdout.contains("relaybot: Hi! I'm relaybot"), "{stdout}");
+    assert!(
+        stdout.contains("relaybot: Hello! I'm relaybot's offline demo agent."),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Channel.type=whatsapp"), "{stdout}");
+    assert!(stdout.contains("\"handoff_reason\""), "{stdout}");
+    assert!(stdout.contains("handedOff"), "{stdout}");
+    assert!(
+        !stdout.contains("relaybot: You said: still there?"),
+        "{stdout}"
+    );
 }

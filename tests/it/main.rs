@@ -7,6 +7,7 @@ mod helpers;
 
 mod bench;
 mod capacity;
+mod chat;
 mod chat_rest;
 mod cli;
 mod handoff;
