@@ -26,6 +26,8 @@
 //! | `relaybot_model_errors_total` | counter | `kind` | model failures (a retried one included) |
 //! | `relaybot_refusals_total` | counter | `reason` (`signature`, `call_token`) | requests refused before anything ran |
 //! | `relaybot_calls_turned_away_total` | counter | `reason` (`capacity`, `draining`) | callers who got the at-capacity line |
+//! | `relaybot_chats_live` | gauge | | chat conversations with a live task now |
+//! | `relaybot_chat_events_total` | counter | `outcome` | Conversations webhook events, by what became of them |
 
 use std::{
     sync::OnceLock,
@@ -160,4 +162,30 @@ pub fn refused(reason: &'static str) {
 /// A caller turned away with the at-capacity line (`capacity` or `draining`).
 pub fn turned_away(reason: &'static str) {
     counter!("relaybot_calls_turned_away_total", "reason" => reason).increment(1);
+}
+
+/// A Conversations webhook event and what became of it: `queued` (to its conversation),
+/// `started` (a new conversation task), `retry` (a repeated `MessageSid`), `handed_off`,
+/// `ours` (the bot's own message), `full` (the conversation's queue), `capacity`
+/// (`CHAT_MAX_CONVERSATIONS`), `ignored` (an event relaybot does not act on).
+pub fn chat_event(outcome: &'static str) {
+    counter!("relaybot_chat_events_total", "outcome" => outcome).increment(1);
+}
+
+/// Counts a chat conversation in `relaybot_chats_live` for as long as it lives, however its
+/// task ends.
+pub struct LiveChat;
+
+impl LiveChat {
+    /// Counts one more.
+    pub fn start() -> Self {
+        gauge!("relaybot_chats_live").increment(1.0);
+        LiveChat
+    }
+}
+
+impl Drop for LiveChat {
+    fn drop(&mut self) {
+        gauge!("relaybot_chats_live").decrement(1.0);
+    }
 }

@@ -30,6 +30,7 @@ use crate::{
     config::Config,
     conversation::Persona,
     handoff::HandoffStore,
+    telemetry,
     twilio::{
         conversations::ConversationsClient, flex::InteractionsClient, rest::Rest,
         webhooks::ConversationEvent,
@@ -227,6 +228,7 @@ impl ChatState {
             Some("onMessageAdded") => {
                 let author = event.author.clone().unwrap_or_default();
                 if author == self.inner.config.chat.bot_author {
+                    telemetry::chat_event("ours");
                     tracing::debug!("our own message; not answered");
                     return;
                 }
@@ -244,6 +246,7 @@ impl ChatState {
                 Input::Gone
             }
             other => {
+                telemetry::chat_event("ignored");
                 tracing::debug!(event_type = ?other, "a Conversations event relaybot does not act on");
                 return;
             }
@@ -281,15 +284,23 @@ impl ChatState {
         };
         let starts = matches!(input, Input::Message(_) | Input::Studio(..) | Input::Added);
         match shared.registry.route(conversation_sid, message_sid, starts) {
-            registry::Route::Drop(why) => {
-                tracing::info!(conversation_sid, why, "chat event not acted on");
+            registry::Route::Drop(dropped) => {
+                telemetry::chat_event(dropped.label());
+                tracing::info!(
+                    conversation_sid,
+                    why = dropped.why(),
+                    "chat event not acted on"
+                );
             }
-            registry::Route::Send(tx) => {
-                if let Err(e) = tx.try_send(input) {
+            registry::Route::Send(tx) => match tx.try_send(input) {
+                Ok(()) => telemetry::chat_event("queued"),
+                Err(e) => {
+                    telemetry::chat_event("full");
                     tracing::warn!(conversation_sid, error = %e, "the conversation's queue is full or closed; message dropped");
                 }
-            }
+            },
             registry::Route::Start(tx, rx) => {
+                telemetry::chat_event("started");
                 let _ = tx.try_send(input);
                 let state = self.clone();
                 let conversation_sid = conversation_sid.to_owned();

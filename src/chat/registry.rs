@@ -26,7 +26,42 @@ pub(super) enum Route {
     /// To a new task, to be started with this receiver.
     Start(mpsc::Sender<Input>, mpsc::Receiver<Input>),
     /// Nowhere, for this reason.
-    Drop(&'static str),
+    Drop(Dropped),
+}
+
+/// Why an event goes nowhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dropped {
+    /// A retried delivery of a message already taken.
+    Retry,
+    /// The conversation was handed to a human.
+    HandedOff,
+    /// No live conversation, and the event does not start one.
+    NotLive,
+    /// At `CHAT_MAX_CONVERSATIONS`.
+    Capacity,
+}
+
+impl Dropped {
+    /// The `outcome` label of `relaybot_chat_events_total`.
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Dropped::Retry => "retry",
+            Dropped::HandedOff => "handed_off",
+            Dropped::NotLive => "ignored",
+            Dropped::Capacity => "capacity",
+        }
+    }
+
+    /// For the log.
+    pub(super) fn why(self) -> &'static str {
+        match self {
+            Dropped::Retry => "a retried delivery of a message already taken",
+            Dropped::HandedOff => "the conversation was handed to a human",
+            Dropped::NotLive => "no live conversation",
+            Dropped::Capacity => "at CHAT_MAX_CONVERSATIONS",
+        }
+    }
 }
 
 #[derive(Default)]
@@ -80,7 +115,7 @@ impl Registry {
         }
         if let Some(sid) = message_sid.filter(|s| !s.is_empty()) {
             if maps.seen.get(sid).is_some_and(|until| *until > now) {
-                return Route::Drop("a retried delivery of a message already taken");
+                return Route::Drop(Dropped::Retry);
             }
             maps.seen.insert(sid.to_owned(), now + SEEN_FOR);
         }
@@ -90,18 +125,18 @@ impl Registry {
                 .get(conversation_sid)
                 .is_some_and(|until| *until > now)
         {
-            return Route::Drop("the conversation was handed to a human");
+            return Route::Drop(Dropped::HandedOff);
         }
         if let Some(tx) = maps.live.get(conversation_sid).filter(|tx| !tx.is_closed()) {
             return Route::Send(tx.clone());
         }
         if !starts {
-            return Route::Drop("no live conversation");
+            return Route::Drop(Dropped::NotLive);
         }
         if maps.live.len() >= self.max_live {
             maps.live.retain(|_, tx| !tx.is_closed());
             if maps.live.len() >= self.max_live {
-                return Route::Drop("at CHAT_MAX_CONVERSATIONS");
+                return Route::Drop(Dropped::Capacity);
             }
         }
         let (tx, rx) = super::channel();
@@ -141,7 +176,10 @@ mod tests {
             Route::Send(_)
         ));
         assert!(
-            matches!(registry.route("CH2", Some("IM3"), true), Route::Drop(why) if why.contains("MAX")),
+            matches!(
+                registry.route("CH2", Some("IM3"), true),
+                Route::Drop(Dropped::Capacity)
+            ),
             "past the cap"
         );
         registry.mark_handed_off("CH1");

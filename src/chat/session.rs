@@ -36,6 +36,7 @@ pub(super) async fn run(
     let idle_for = state.config().chat.idle_timeout;
     let draining = state.inner.draining.clone();
     let mut chat = ChatSession::new(state.clone(), conversation_sid.clone());
+    let live = telemetry::LiveChat::start();
     let idle = tokio::time::sleep(idle_for);
     tokio::pin!(idle);
     tracing::debug!("chat session started");
@@ -81,6 +82,7 @@ pub(super) async fn run(
             state.dispatch(&conversation_sid, input);
         }
     }
+    drop(live);
     tracing::debug!(messages = chat.core.history().len(), "chat session ended");
 }
 

@@ -153,6 +153,20 @@ async fn a_message_gets_one_reply_from_the_chat_agent() {
         Some((chat.account_sid.clone(), TOKEN.to_owned()))
     );
     assert_eq!(chat.api.messages(chat.sid()).len(), 1);
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", chat.app.base_url))
+        .bearer_auth("records-token")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"relaybot_chat_events_total{outcome="started"}"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("relaybot_chats_live"), "{metrics}");
 }
 
 /// Twilio's retry of a delivery (same MessageSid) never produces a second reply.
