@@ -77,14 +77,20 @@ pub fn build_state(config: Config, extra_tools: ToolRegistry) -> Result<AppState
         tools.register(tool).map_err(|e| e.to_string())?;
     }
     let voice = Agent::from_config(&config, tools)?;
-    let mut chat_tools = ToolRegistry::new();
-    for tool in agent::call_tools::chat_control_tools(chat::ChatState::human_available(&config))
-        .into_iter()
-        .chain(extra_tools.tools().iter().cloned())
-    {
-        chat_tools.register(tool).map_err(|e| e.to_string())?;
-    }
-    let chat = voice.for_channel(&config.chat.system_prompt, chat_tools);
+    let chat_agent = |human_available: bool| -> Result<Agent, String> {
+        let mut tools = ToolRegistry::new();
+        for tool in agent::call_tools::chat_control_tools(human_available)
+            .into_iter()
+            .chain(extra_tools.tools().iter().cloned())
+        {
+            tools.register(tool).map_err(|e| e.to_string())?;
+        }
+        Ok(voice.for_channel(&config.chat.system_prompt, tools))
+    };
+    let chat = chat::ChatAgents {
+        direct: chat_agent(chat::ChatState::human_available(&config))?,
+        studio: chat_agent(true)?,
+    };
     AppState::new(config, voice, chat)
 }
 

@@ -30,15 +30,17 @@ pub enum HandoffError {
 
 /// Flex task attributes of a chat handoff: the same context as a call's (handoff.md §2.3) —
 /// `from`, `name`, `handoff_reason`, `summary` — plus `conversationSid` (the conversation,
-/// whose messages are the whole transcript the agent sees), `channelType`, and
-/// `conversations` for Flex Insights. They are copied onto the task as they are.
-pub fn task_attributes(data: &HandoffData, channel: &str) -> Value {
+/// whose messages are the whole transcript the agent sees), `channelType`, `conversations` for
+/// Flex Insights, and `handoffRecordUrl` (the bot's timestamped transcript and reason at
+/// `GET /conversations/{ConversationSid}/handoff`) when `record_url` is known. They are copied
+/// onto the task as they are.
+pub fn task_attributes(data: &HandoffData, channel: &str, record_url: Option<&str>) -> Value {
     let name = if data.from.is_empty() {
         "Customer"
     } else {
         &data.from
     };
-    json!({
+    let mut attributes = json!({
         "name": name,
         "from": data.from,
         "channelType": channel,
@@ -51,7 +53,11 @@ pub fn task_attributes(data: &HandoffData, channel: &str) -> Value {
             "direction": "inbound",
             "conversation_attribute_1": shorten(&data.reason, 128),
         }
-    })
+    });
+    if let Some(url) = record_url {
+        attributes["handoffRecordUrl"] = Value::String(url.to_owned());
+    }
+    attributes
 }
 
 /// `attributes` (the conversation's `Attributes` JSON string) with `handedOff` and
@@ -111,13 +117,18 @@ pub(super) async fn hand_off(
             workspace_sid: routing.workspace_sid.clone(),
             workflow_sid: Some(routing.workflow_sid.clone()),
             task_channel_unique_name: routing.task_channel.clone(),
-            attributes: task_attributes(&data, channel_type),
+            attributes: task_attributes(
+                &data,
+                channel_type,
+                record_url(state, &conversation_sid).as_deref(),
+            ),
         },
     };
-    let interaction_sid = Rest::with_retries("creating the Flex interaction", ATTEMPTS, || {
-        routing.client.create(&channel, &routing_request)
-    })
-    .await?;
+    let interaction_sid =
+        Rest::with_create_retries("creating the Flex interaction", ATTEMPTS, || {
+            routing.client.create(&channel, &routing_request)
+        })
+        .await?;
     tracing::info!(%interaction_sid, channel_type, reason = %data.reason, "chat handed to Flex");
     shared.registry.mark_handed_off(&conversation_sid);
     shared.handoffs.insert(HandoffRecord {
@@ -141,6 +152,18 @@ pub(super) async fn hand_off(
     )
     .await;
     Ok(interaction_sid)
+}
+
+/// Where the handoff record of `conversation_sid` is served, when the server has a public URL
+/// and the record endpoint is on (`PUBLIC_URL`, `API_TOKEN`).
+fn record_url(state: &ChatState, conversation_sid: &str) -> Option<String> {
+    let config = state.config();
+    config.handoff.api_token.as_ref()?;
+    let base = config.public_url.as_ref()?;
+    Some(format!(
+        "{}/conversations/{conversation_sid}/handoff",
+        base.as_str().trim_end_matches('/')
+    ))
 }
 
 /// Deletes the bot's webhook and marks the conversation handed off.

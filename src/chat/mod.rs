@@ -138,7 +138,11 @@ pub struct ChatState {
 }
 
 struct Shared {
-    persona: Arc<Persona>,
+    /// The agent of conversations that come through the direct webhook (it may hand off only
+    /// when the Interactions API is configured).
+    direct: Arc<Persona>,
+    /// The agent of conversations a Studio flow drives (its `send-to-flex` always can).
+    studio: Arc<Persona>,
     config: Arc<Config>,
     /// `None` without REST credentials: the direct webhook cannot answer then.
     conversations: Option<ConversationsClient>,
@@ -147,23 +151,54 @@ struct Shared {
     /// Chat handoff records, by `ConversationSid`.
     handoffs: HandoffStore,
     registry: Registry,
+    /// The conversation tasks (their own, so a drain waits for calls and chats separately).
     tracker: TaskTracker,
-    /// Cancelled when a shutdown starts: idle conversations let go.
+    /// Cancelled when a shutdown starts: idle conversations let go, new events are refused.
     draining: CancellationToken,
+    /// Cancelled when the drain time is up: every conversation task stops.
+    stop: CancellationToken,
+}
+
+/// The chat agents [`ChatState::new`] takes: the same model, each with its tools.
+pub struct ChatAgents {
+    /// For the direct webhook: `agent_handoff` only when [`ChatState::human_available`].
+    pub direct: crate::agent::Agent,
+    /// For Studio turns: always `agent_handoff` (the flow's `send-to-flex` hands off).
+    pub studio: crate::agent::Agent,
+}
+
+/// Why a chat event was not taken; the webhook answers 503 so that Twilio may deliver it again
+/// (whether Twilio retries a post-event webhook after a 5xx is observed, not documented).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Busy {
+    /// The server is shutting down.
+    #[error("the server is shutting down")]
+    Draining,
+    /// The conversation's queue is full (a flood of messages).
+    #[error("the conversation's queue is full")]
+    QueueFull,
+    /// `CHAT_MAX_CONVERSATIONS` conversations are live.
+    #[error("CHAT_MAX_CONVERSATIONS conversations are live")]
+    Capacity,
 }
 
 impl ChatState {
-    /// The chat channel for `config`, answering with `persona`; tasks are tracked by `tracker`
-    /// and let go when `draining` is cancelled.
+    /// The chat channel for `config`, answering with `agents`; conversations let go when
+    /// `draining` is cancelled (see [`ChatState::drain`]).
     ///
     /// # Errors
     /// A message when the REST clients cannot be built.
     pub fn new(
         config: Arc<Config>,
-        persona: Arc<Persona>,
-        tracker: TaskTracker,
+        agents: ChatAgents,
         draining: CancellationToken,
     ) -> Result<Self, String> {
+        let direct = Arc::new(Persona::chat(
+            &config,
+            Arc::new(agents.direct),
+            Self::human_available(&config),
+        ));
+        let studio = Arc::new(Persona::chat(&config, Arc::new(agents.studio), true));
         let rest = match config.twilio.rest_credentials() {
             Some((user, password)) => Some(Rest::new(&user, password, REST_TIMEOUT)?),
             None => None,
@@ -186,16 +221,36 @@ impl ChatState {
         };
         Ok(ChatState {
             inner: Arc::new(Shared {
-                persona,
+                direct,
+                studio,
                 handoffs: HandoffStore::new(config.handoff.record_ttl),
                 registry: Registry::new(config.chat.max_conversations),
                 config,
                 conversations,
                 routing,
-                tracker,
+                tracker: TaskTracker::new(),
                 draining,
+                stop: CancellationToken::new(),
             }),
         })
+    }
+
+    /// Waits for the conversation tasks to finish (idle ones leave as soon as the drain starts;
+    /// busy ones after their turn) until `deadline`, then stops them.
+    pub async fn drain(&self, deadline: tokio::time::Instant) {
+        let tracker = &self.inner.tracker;
+        tracker.close();
+        if tokio::time::timeout_at(deadline, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                live = tracker.len(),
+                "drain time is up; stopping the chat conversations still busy"
+            );
+            self.inner.stop.cancel();
+            tracker.wait().await;
+        }
     }
 
     /// Whether chat handoffs can reach Flex (a workspace, a workflow and credentials are set).
@@ -218,11 +273,14 @@ impl ChatState {
     /// Takes a (verified) post-event webhook: starts or feeds the conversation's task and
     /// returns at once. Events that need no work (our own messages, retries, events we do not
     /// act on, conversations already handed off) are logged and dropped.
-    pub fn accept(&self, event: ConversationEvent) {
+    ///
+    /// # Errors
+    /// [`Busy`] when the event was not taken: the webhook answers 503.
+    pub fn accept(&self, event: ConversationEvent) -> Result<(), Busy> {
         let Some(conversation_sid) = event.conversation_sid.clone().filter(|s| !s.is_empty())
         else {
             tracing::warn!(event_type = ?event.event_type, "a Conversations webhook without ConversationSid; skipped");
-            return;
+            return Ok(());
         };
         let input = match event.event_type.as_deref() {
             Some("onMessageAdded") => {
@@ -230,11 +288,11 @@ impl ChatState {
                 if author == self.inner.config.chat.bot_author {
                     telemetry::chat_event("ours");
                     tracing::debug!("our own message; not answered");
-                    return;
+                    return Ok(());
                 }
                 if self.inner.conversations.is_none() {
                     tracing::error!("a chat message arrived but TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN (or an API key) are not set, so relaybot cannot answer through the Conversations API");
-                    return;
+                    return Ok(());
                 }
                 Input::Message(incoming(&event))
             }
@@ -248,10 +306,12 @@ impl ChatState {
             other => {
                 telemetry::chat_event("ignored");
                 tracing::debug!(event_type = ?other, "a Conversations event relaybot does not act on");
-                return;
+                return Ok(());
             }
         };
-        self.dispatch(&conversation_sid, input);
+        self.dispatch(&conversation_sid, input).inspect_err(|busy| {
+            tracing::warn!(%conversation_sid, %busy, "chat event refused; Twilio may deliver it again");
+        })
     }
 
     /// One Studio turn: the customer's `body` from `author` in `conversation_sid`; answers when
@@ -271,55 +331,84 @@ impl ChatState {
             has_media: false,
             webhook_sid: None,
         };
-        self.dispatch(conversation_sid, Input::Studio(message, tx));
+        if let Err(busy) = self.dispatch(conversation_sid, Input::Studio(message, tx)) {
+            tracing::warn!(%conversation_sid, %busy, "Studio turn refused");
+        }
         rx
     }
 
     /// Hands `input` to the conversation's task, starting one if needed.
-    fn dispatch(&self, conversation_sid: &str, input: Input) {
+    ///
+    /// # Errors
+    /// [`Busy`] when the event was not taken (a redelivery may be).
+    fn dispatch(&self, conversation_sid: &str, input: Input) -> Result<(), Busy> {
         let shared = &self.inner;
+        let starts = matches!(input, Input::Message(_) | Input::Studio(..) | Input::Added);
+        if starts && shared.draining.is_cancelled() {
+            telemetry::chat_event("draining");
+            return Err(Busy::Draining);
+        }
         let message_sid = match &input {
-            Input::Message(m) => Some(m.message_sid.as_str()),
+            Input::Message(m) => Some(m.message_sid.clone()),
             _ => None,
         };
-        let starts = matches!(input, Input::Message(_) | Input::Studio(..) | Input::Added);
-        match shared.registry.route(conversation_sid, message_sid, starts) {
-            registry::Route::Drop(dropped) => {
-                telemetry::chat_event(dropped.label());
-                tracing::info!(
-                    conversation_sid,
-                    why = dropped.why(),
-                    "chat event not acted on"
-                );
-            }
-            registry::Route::Send(tx) => match tx.try_send(input) {
-                Ok(()) => telemetry::chat_event("queued"),
-                Err(e) => {
-                    telemetry::chat_event("full");
-                    tracing::warn!(conversation_sid, error = %e, "the conversation's queue is full or closed; message dropped");
+        let mut input = input;
+        // Twice at most: a task that ended just as this event was routed to it.
+        for again in [false, true] {
+            let sid = message_sid.as_deref().filter(|_| !again);
+            match shared.registry.route(conversation_sid, sid, starts) {
+                registry::Route::Drop(registry::Dropped::Capacity) => {
+                    telemetry::chat_event("capacity");
+                    return Err(Busy::Capacity);
                 }
-            },
-            registry::Route::Start(tx, rx) => {
-                telemetry::chat_event("started");
-                let _ = tx.try_send(input);
-                let state = self.clone();
-                let conversation_sid = conversation_sid.to_owned();
-                let span = tracing::info_span!("chat", conversation_sid = %conversation_sid);
-                shared.tracker.spawn(tracing::Instrument::instrument(
-                    session::run(state, conversation_sid, rx),
-                    span,
-                ));
+                registry::Route::Drop(dropped) => {
+                    telemetry::chat_event(dropped.label());
+                    tracing::info!(
+                        conversation_sid,
+                        why = dropped.why(),
+                        "chat event not acted on"
+                    );
+                    return Ok(());
+                }
+                registry::Route::Send(tx) => match tx.try_send(input) {
+                    Ok(()) => {
+                        telemetry::chat_event("queued");
+                        return Ok(());
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        if let Some(sid) = &message_sid {
+                            shared.registry.forget(sid);
+                        }
+                        telemetry::chat_event("full");
+                        return Err(Busy::QueueFull);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(back)) => input = back,
+                },
+                registry::Route::Start(tx, rx) => {
+                    telemetry::chat_event("started");
+                    let persona = if matches!(input, Input::Studio(..)) {
+                        shared.studio.clone()
+                    } else {
+                        shared.direct.clone()
+                    };
+                    let _ = tx.try_send(input);
+                    let state = self.clone();
+                    let conversation_sid = conversation_sid.to_owned();
+                    let span = tracing::info_span!("chat", conversation_sid = %conversation_sid);
+                    shared.tracker.spawn(tracing::Instrument::instrument(
+                        session::run(state, conversation_sid, persona, rx),
+                        span,
+                    ));
+                    return Ok(());
+                }
             }
         }
+        Ok(())
     }
 }
 
 /// The session-facing view of the state.
 impl ChatState {
-    fn persona(&self) -> &Arc<Persona> {
-        &self.inner.persona
-    }
-
     fn config(&self) -> &Config {
         &self.inner.config
     }

@@ -13,8 +13,10 @@ use tokio::sync::mpsc;
 use super::Input;
 use crate::store::Sweep;
 
-/// How long a `MessageSid` is remembered: Twilio's retries of one delivery come within minutes.
-const SEEN_FOR: Duration = Duration::from_secs(60 * 60);
+/// How long a `MessageSid` is remembered: Twilio's retries of one delivery come within
+/// seconds or minutes (observed; the schedule is not documented). A live conversation also
+/// drops messages at or below the last `Index` it took.
+const SEEN_FOR: Duration = Duration::from_secs(15 * 60);
 /// How long a handed-off conversation is remembered here (the conversation's `handedOff`
 /// attribute is the lasting mark; this spares a REST read per message meanwhile).
 const HANDED_OFF_FOR: Duration = Duration::from_secs(24 * 60 * 60);
@@ -113,11 +115,11 @@ impl Registry {
             maps.seen.retain(|_, until| *until > now);
             maps.handed_off.retain(|_, until| *until > now);
         }
-        if let Some(sid) = message_sid.filter(|s| !s.is_empty()) {
+        let message_sid = message_sid.filter(|s| !s.is_empty());
+        if let Some(sid) = message_sid {
             if maps.seen.get(sid).is_some_and(|until| *until > now) {
                 return Route::Drop(Dropped::Retry);
             }
-            maps.seen.insert(sid.to_owned(), now + SEEN_FOR);
         }
         if message_sid.is_some()
             && maps
@@ -127,8 +129,16 @@ impl Registry {
         {
             return Route::Drop(Dropped::HandedOff);
         }
+        // From here the event is taken (unless its queue turns out full: see `forget`).
+        let taken = |maps: &mut Maps| {
+            if let Some(sid) = message_sid {
+                maps.seen.insert(sid.to_owned(), now + SEEN_FOR);
+            }
+        };
         if let Some(tx) = maps.live.get(conversation_sid).filter(|tx| !tx.is_closed()) {
-            return Route::Send(tx.clone());
+            let tx = tx.clone();
+            taken(maps);
+            return Route::Send(tx);
         }
         if !starts {
             return Route::Drop(Dropped::NotLive);
@@ -141,7 +151,14 @@ impl Registry {
         }
         let (tx, rx) = super::channel();
         maps.live.insert(conversation_sid.to_owned(), tx.clone());
+        taken(maps);
         Route::Start(tx, rx)
+    }
+
+    /// `message_sid` was not taken after all (its conversation's queue was full): a redelivery
+    /// may try again.
+    pub(super) fn forget(&self, message_sid: &str) {
+        self.lock().seen.remove(message_sid);
     }
 
     /// The task of `conversation_sid` is ending: later events start a new one.

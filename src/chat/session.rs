@@ -15,8 +15,8 @@ use tokio::{
 use super::{handoff, ChatState, Incoming, Input, StudioAnswer};
 use crate::{
     agent::{turn::TurnEvent, CallContext, Departure, TurnId},
-    conversation::{spaced, Conversation, Output},
-    handoff::{now_ms, HandoffPath, HandoffRecord},
+    conversation::{spaced, Conversation, Output, Persona},
+    handoff::{now_ms, shorten, HandoffPath, HandoffRecord},
     telemetry,
     twilio::rest::{Rest, RestError},
 };
@@ -25,17 +25,25 @@ use crate::{
 const POST_ATTEMPTS: u32 = 3;
 /// Twilio's error for a conversation in its final `closed` state (channels-and-bots.md §3.8).
 const CLOSED_CONVERSATION: u32 = 50377;
+/// Longest message body Twilio Conversations takes, in characters (channels-and-bots.md §3.3).
+pub const MAX_BODY_CHARS: usize = 1600;
+/// `reason` and `summary` sent to Studio, in characters: they end up in `send-to-flex`
+/// attributes, which Studio caps at 1,024 characters in all.
+const STUDIO_REASON_CHARS: usize = 128;
+const STUDIO_SUMMARY_CHARS: usize = 600;
 
 /// Runs the conversation `conversation_sid` until it goes idle, leaves the bot, or the server
 /// drains; events still queued then go to a fresh task.
 pub(super) async fn run(
     state: ChatState,
     conversation_sid: String,
+    persona: Arc<Persona>,
     mut inputs: mpsc::Receiver<Input>,
 ) {
     let idle_for = state.config().chat.idle_timeout;
     let draining = state.inner.draining.clone();
-    let mut chat = ChatSession::new(state.clone(), conversation_sid.clone());
+    let stop = state.inner.stop.clone();
+    let mut chat = ChatSession::new(state.clone(), conversation_sid.clone(), persona);
     let live = telemetry::LiveChat::start();
     let idle = tokio::time::sleep(idle_for);
     tokio::pin!(idle);
@@ -43,6 +51,10 @@ pub(super) async fn run(
     loop {
         tokio::select! {
             biased;
+            () = stop.cancelled() => {
+                tracing::warn!("stopping the conversation (drain time is up)");
+                break;
+            }
             input = inputs.recv() => match input {
                 Some(input) => {
                     idle.as_mut().reset(Instant::now() + idle_for);
@@ -79,7 +91,9 @@ pub(super) async fn run(
         if done {
             tracing::info!("an event for a conversation the bot has left; not acted on");
         } else {
-            state.dispatch(&conversation_sid, input);
+            if let Err(busy) = state.dispatch(&conversation_sid, input) {
+                tracing::warn!(%busy, "an event that came in as the conversation ended was lost");
+            }
         }
     }
     drop(live);
@@ -109,11 +123,14 @@ struct ChatSession {
     webhook_sid: Option<String>,
     /// The bot is out of this conversation (handed off, closed, gone).
     done: bool,
+    /// The `Index` of every message taken (a redelivery that outlived the `MessageSid`
+    /// memory is still recognised).
+    indexes: std::collections::HashSet<u64>,
 }
 
 impl ChatSession {
-    fn new(state: ChatState, conversation_sid: String) -> Self {
-        let mut core = Conversation::new(state.persona().clone());
+    fn new(state: ChatState, conversation_sid: String, persona: Arc<Persona>) -> Self {
+        let mut core = Conversation::new(persona);
         core.call = Arc::new(CallContext {
             call_sid: conversation_sid,
             direction: "inbound".into(),
@@ -128,6 +145,7 @@ impl ChatSession {
             reply: String::new(),
             webhook_sid: None,
             done: false,
+            indexes: std::collections::HashSet::new(),
         }
     }
 
@@ -155,6 +173,12 @@ impl ChatSession {
                 }
             }
             Input::Message(message) => {
+                if let Some(index) = message.index {
+                    if !self.indexes.insert(index) {
+                        tracing::info!(index, "a message already taken (same Index); not answered");
+                        return;
+                    }
+                }
                 if message.webhook_sid.is_some() {
                     self.webhook_sid.clone_from(&message.webhook_sid);
                 }
@@ -171,7 +195,7 @@ impl ChatSession {
                     }
                     return;
                 }
-                self.pending.push(message);
+                self.queue(message);
             }
             Input::Studio(message, answer) => {
                 if message.body.is_empty() {
@@ -184,7 +208,7 @@ impl ChatSession {
                     });
                     return;
                 }
-                self.pending.push(message);
+                self.queue(message);
                 self.pending_studio.push(answer);
             }
             Input::Gone => {
@@ -192,6 +216,19 @@ impl ChatSession {
                 self.done = true;
             }
         }
+    }
+
+    /// Keeps `message` for the next turn: at most [`super::QUEUE`] messages wait (a flood
+    /// loses its oldest).
+    fn queue(&mut self, message: Incoming) {
+        if self.pending.len() >= super::QUEUE {
+            tracing::warn!(
+                waiting = self.pending.len(),
+                "too many messages waiting for one turn; dropping the oldest"
+            );
+            self.pending.remove(0);
+        }
+        self.pending.push(message);
     }
 
     /// Starts a turn answering every waiting message, unless one runs already or the
@@ -225,13 +262,33 @@ impl ChatSession {
             call.from = author;
             self.core.call = Arc::new(call);
         }
+        // The turn's input stays within MAX_PROMPT_CHARS, like a caller's utterance: each
+        // message is cut to it, and the oldest of a burst go first (the newest always stays).
         let max = self.state.config().limits.max_prompt_chars;
-        let mut text = String::new();
         for message in &mut messages {
             if let Some((cut, _)) = message.body.char_indices().nth(max) {
                 tracing::warn!(max, "message longer than MAX_PROMPT_CHARS; cut");
                 message.body.truncate(cut);
             }
+        }
+        let mut total = 0;
+        let keep_from = messages
+            .iter()
+            .rposition(|m| {
+                total += m.body.chars().count();
+                total > max
+            })
+            .map_or(0, |i| (i + 1).min(messages.len() - 1));
+        if keep_from > 0 {
+            tracing::warn!(
+                dropped = keep_from,
+                max,
+                "messages waiting for one turn exceed MAX_PROMPT_CHARS; the oldest are left out"
+            );
+            messages.drain(..keep_from);
+        }
+        let mut text = String::new();
+        for message in &messages {
             self.core.note("caller", &message.body);
             if !text.is_empty() {
                 text.push('\n');
@@ -361,12 +418,27 @@ impl ChatSession {
 
     /// Answers the Studio requests of the turn; Studio posts the reply and hands off itself.
     fn finish_studio(&mut self, text: String, departure: Option<Departure>) {
+        if self.answering.iter().all(oneshot::Sender::is_closed) {
+            // Studio gave up waiting (`STUDIO_TURN_WAIT`) and sent the customer the error line:
+            // this reply was never seen, and a departure it asked for never happens.
+            tracing::warn!("the Studio flow stopped waiting for this turn; its answer is dropped");
+            self.answering.clear();
+            if departure.is_some() {
+                self.core.stay();
+            }
+            return;
+        }
+        // Studio's `send-to-flex` attributes are capped (1,024 characters, handoff.md §1.5).
         let (action, reason, summary) = match &departure {
             None => ("continue", String::new(), String::new()),
-            Some(Departure::Handoff { reason, summary }) => {
-                ("handoff", reason.clone(), summary.clone())
+            Some(Departure::Handoff { reason, summary }) => (
+                "handoff",
+                shorten(reason, STUDIO_REASON_CHARS),
+                shorten(summary, STUDIO_SUMMARY_CHARS),
+            ),
+            Some(Departure::End { reason, .. }) => {
+                ("end", shorten(reason, STUDIO_REASON_CHARS), String::new())
             }
-            Some(Departure::End { reason, .. }) => ("end", reason.clone(), String::new()),
         };
         if let Some(departure @ Departure::Handoff { .. }) = &departure {
             let data = self.core.handoff_data(departure);
@@ -404,16 +476,25 @@ impl ChatSession {
         }
     }
 
-    /// Posts `body` as the bot; whether it was posted. A conversation that is closed for good
-    /// ends the session.
+    /// Posts `body` as the bot, in parts of at most [`MAX_BODY_CHARS`]; whether all of it was
+    /// posted. A conversation that is closed for good ends the session.
     async fn post(&mut self, body: &str) -> bool {
+        for part in split_body(body, MAX_BODY_CHARS) {
+            if !self.post_one(part).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn post_one(&mut self, body: &str) -> bool {
         let state = self.state.clone();
         let Some(conversations) = &state.inner.conversations else {
             return false;
         };
         let author = &state.config().chat.bot_author;
         let sid = self.sid().to_owned();
-        let posted = Rest::with_retries("posting the reply", POST_ATTEMPTS, || {
+        let posted = Rest::with_create_retries("posting the reply", POST_ATTEMPTS, || {
             conversations.post_message(&sid, author, body)
         })
         .await;
@@ -436,10 +517,64 @@ impl ChatSession {
     }
 }
 
+/// `body` in parts of at most `max` characters, cut after a paragraph, else a sentence, else a
+/// word, where one falls in the second half of a part (else anywhere).
+pub fn split_body(body: &str, max: usize) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut rest = body.trim();
+    while rest.chars().count() > max {
+        let limit = rest.char_indices().nth(max).map_or(rest.len(), |(i, _)| i);
+        let window = &rest[..limit];
+        let half = window.char_indices().nth(max / 2).map_or(0, |(i, _)| i);
+        let cut = ["\n\n", "\n", ". ", "! ", "? ", " "]
+            .iter()
+            .filter_map(|sep| window.rfind(sep).map(|at| at + sep.len()))
+            .find(|&at| at > half)
+            .unwrap_or(limit);
+        parts.push(rest[..cut].trim_end());
+        rest = rest[cut..].trim_start();
+    }
+    if !rest.is_empty() {
+        parts.push(rest);
+    }
+    parts
+}
+
 /// The Twilio error code behind a failed handoff, for the log.
 fn twilio_code(error: &handoff::HandoffError) -> Option<u32> {
     match error {
         handoff::HandoffError::Interactions(RestError::Status { code, .. }) => *code,
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_body;
+
+    #[test]
+    fn long_replies_are_split_at_natural_breaks() {
+        assert_eq!(split_body("short", 1600), ["short"]);
+        assert!(split_body("  ", 10).is_empty());
+        let text = "First sentence here. Second one is longer than that. Third.";
+        let parts = split_body(text, 30);
+        assert_eq!(
+            parts,
+            [
+                "First sentence here.",
+                "Second one is longer than",
+                "that. Third."
+            ]
+        );
+        let long = "word ".repeat(1000);
+        let parts = split_body(&long, 1600);
+        assert!(parts.iter().all(|p| p.chars().count() <= 1600));
+        assert_eq!(parts.join(" "), long.trim());
+        let unbroken = "é".repeat(40);
+        let parts = split_body(&unbroken, 16);
+        assert_eq!(
+            parts.iter().map(|p| p.chars().count()).collect::<Vec<_>>(),
+            [16, 16, 8]
+        );
     }
 }

@@ -483,6 +483,7 @@ impl Conversation {
                 turn.pending.push_str(&text);
                 Some(Output::Text(text, Some(read_at)))
             }
+            TurnEvent::Filler(_) if !self.persona.fillers => None,
             TurnEvent::Filler(line) => {
                 turn.mergeable = None;
                 // Spaced on both sides so it never runs into the words around it.
@@ -535,7 +536,10 @@ impl Conversation {
                     tracing::error!(turn = turn.id, %error, failures = self.failures, "model failed again; handing the customer to a human");
                     let action = Departure::Handoff {
                         reason: format!("The {} agent could not answer.", persona.channel),
-                        summary: "The AI model failed repeatedly during this conversation.".into(),
+                        summary: format!(
+                            "The AI model failed repeatedly during this {}.",
+                            persona.noun
+                        ),
                     };
                     let line = self.line_for(&action);
                     departure = Some(action);
@@ -593,7 +597,7 @@ impl Conversation {
                 ?request,
                 "refusing a call-control request from a turn that is over"
             );
-            Err("This request was cancelled because the customer cut in. Do not repeat it unless the customer asks again.".to_owned())
+            Err(self.persona.lines.turn_cancelled.clone())
         } else {
             match request {
                 ControlRequest::SwitchLanguage { language } => {
@@ -606,7 +610,7 @@ impl Conversation {
                 }
                 ControlRequest::Leave(_) if !matches!(self.exit, Exit::Staying) => {
                     tracing::info!("a handoff or end is already in progress; not doing it twice");
-                    Err("A transfer or end is already in progress. Do not call it again and say nothing more.".to_owned())
+                    Err(self.persona.lines.already_leaving.clone())
                 }
                 ControlRequest::Leave(departure) => {
                     let answer = match &departure {

@@ -23,12 +23,22 @@ pub struct Lines {
     pub handoff_started: String,
     /// The `end_call` tool's result (the model reads it).
     pub end_started: String,
+    /// A call-control tool's answer when its turn was cut short (the model reads it).
+    pub turn_cancelled: String,
+    /// A call-control tool's answer when a handoff or end is already under way.
+    pub already_leaving: String,
 }
 
 /// One channel's agent.
 pub struct Persona {
     /// `voice` or `chat`: in logs and in the reason of a handoff after repeated failures.
     pub channel: &'static str,
+    /// What one conversation is called on this channel (`call`, `conversation`), in the summary
+    /// of a handoff after repeated failures.
+    pub noun: &'static str,
+    /// Whether a tool's "while running" line is sent (voice: it fills dead air); chat posts one
+    /// message per turn, so it would only sit in front of the answer and in the transcript.
+    pub fillers: bool,
     /// Model, tools and system prompt.
     pub agent: Arc<Agent>,
     /// What the core says on its own.
@@ -48,6 +58,8 @@ impl Persona {
     pub fn voice(config: &Config, agent: Arc<Agent>, human_available: bool) -> Self {
         Persona {
             channel: "voice",
+            noun: "call",
+            fillers: true,
             agent,
             lines: Lines {
                 handoff: config.handoff.handoff_line.clone(),
@@ -56,6 +68,8 @@ impl Persona {
                 offer_human: config.limits.llm_offer_human_line.clone(),
                 handoff_started: "The transfer to a human agent has started; a transfer message is spoken for you.".into(),
                 end_started: "The call will end after a goodbye message spoken for you.".into(),
+                turn_cancelled: "This request was cancelled because the caller cut in. Do not repeat it unless the caller asks again.".into(),
+                already_leaving: "A transfer or hang-up is already in progress. Do not call it again and say nothing more.".into(),
             },
             human_available,
             failures_before_handoff: config.limits.llm_failures_before_handoff,
@@ -69,6 +83,8 @@ impl Persona {
         let chat = &config.chat;
         Persona {
             channel: "chat",
+            noun: "conversation",
+            fillers: false,
             agent,
             lines: Lines {
                 handoff: chat.handoff_line.clone(),
@@ -77,6 +93,8 @@ impl Persona {
                 offer_human: chat.offer_human_line.clone(),
                 handoff_started: "The conversation is being passed to a human agent; a message telling the customer is sent for you.".into(),
                 end_started: "The conversation will be closed after a goodbye message sent for you.".into(),
+                turn_cancelled: "This request was cancelled because the customer wrote again. Do not repeat it unless the customer asks again.".into(),
+                already_leaving: "A transfer or close is already in progress. Do not call it again and write nothing more.".into(),
             },
             human_available,
             failures_before_handoff: config.limits.llm_failures_before_handoff,

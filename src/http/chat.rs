@@ -26,14 +26,18 @@ pub const STUDIO_TURN_WAIT: Duration = Duration::from_secs(9);
 /// `POST /conversations/webhook`: the Twilio Conversations post-event webhook
 /// (`onMessageAdded`, `onConversationAdded`, `onConversationStateUpdated`,
 /// `onConversationRemoved`; form-encoded, signed like every Twilio webhook). Answered 200 at
-/// once — Twilio waits 5 s at most — while the conversation's task does the work.
+/// once — Twilio waits 5 s at most — while the conversation's task does the work; 503 when the
+/// event could not be taken ([`crate::chat::Busy`]: draining, a flooded conversation, or
+/// `CHAT_MAX_CONVERSATIONS`).
 pub(super) async fn conversations_webhook(
     State(state): State<AppState>,
     SignedForm(params): SignedForm,
 ) -> StatusCode {
     let event = ConversationEvent::from_params(params);
-    state.chat.accept(event);
-    StatusCode::OK
+    match state.chat.accept(event) {
+        Ok(()) => StatusCode::OK,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
 }
 
 /// The JSON a Studio flow's `make-http-request` widget posts to `/conversations/turn`.
@@ -68,11 +72,18 @@ pub(super) async fn studio_turn(
     let turn: StudioTurn = match serde_json::from_slice(&body) {
         Ok(turn) => turn,
         Err(e) => {
-            tracing::warn!(error = %e, "a Studio turn that is not the expected JSON");
+            // serde's message can quote the customer's text: log where, not what.
+            let at = format!(
+                "{:?} at line {} column {}",
+                e.classify(),
+                e.line(),
+                e.column()
+            );
+            tracing::warn!(error = %at, "a Studio turn that is not the expected JSON");
             return (
                 StatusCode::BAD_REQUEST,
                 Json(serde_json::json!({
-                    "error": format!("expected {{conversationSid, body, author}}: {e}")
+                    "error": format!("expected {{conversationSid, body, author}} as JSON strings ({at})")
                 })),
             )
                 .into_response();

@@ -45,7 +45,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::{
     agent::{mask_number, Agent, Departure},
-    chat::ChatState,
+    chat::{ChatAgents, ChatState},
     config::Config,
     conversation::Persona,
     handoff::{self, HandoffData, HandoffPath, HandoffStore, Route},
@@ -106,15 +106,10 @@ impl AppState {
     ///
     /// # Errors
     /// A message when the Calls API client cannot be built.
-    pub fn new(config: Config, agent: Agent, chat_agent: Agent) -> Result<Self, String> {
+    pub fn new(config: Config, agent: Agent, chat_agents: ChatAgents) -> Result<Self, String> {
         let human_available =
             config.handoff.workflow_sid.is_some() || config.handoff.studio_flow_url.is_some();
         let voice = Arc::new(Persona::voice(&config, Arc::new(agent), human_available));
-        let chat_persona = Arc::new(Persona::chat(
-            &config,
-            Arc::new(chat_agent),
-            ChatState::human_available(&config),
-        ));
         let route = match (
             &config.handoff.studio_flow_url,
             config.twilio.rest_credentials(),
@@ -145,12 +140,7 @@ impl AppState {
         let config = Arc::new(config);
         let tracker = TaskTracker::new();
         let draining = CancellationToken::new();
-        let chat = ChatState::new(
-            config.clone(),
-            chat_persona,
-            tracker.clone(),
-            draining.clone(),
-        )?;
+        let chat = ChatState::new(config.clone(), chat_agents, draining.clone())?;
         Ok(AppState {
             verifier: Arc::new(Verifier::new(tokens)),
             call_tokens: Arc::new(CallTokens::new(
@@ -414,6 +404,9 @@ async fn drain(state: &AppState) {
             tracker.wait().await;
         }
     }
+    // Chats: idle ones left when the drain started; busy ones finish their turn.
+    let chat_deadline = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
+    state.chat.drain(chat_deadline).await;
     if live > 0 {
         // Twilio requests the action URL right after a session ends (handoffs!).
         tokio::time::sleep(ACTION_GRACE).await;

@@ -859,6 +859,8 @@ mod tests {
         };
         let persona = Persona {
             channel: "voice",
+            noun: "call",
+            fillers: true,
             agent: Arc::new(agent),
             lines: Lines {
                 handoff: "Connecting you.".into(),
@@ -867,6 +869,8 @@ mod tests {
                 offer_human: limits.llm_offer_human_line.clone(),
                 handoff_started: "Transferring.".into(),
                 end_started: "Ending.".into(),
+                turn_cancelled: "Cancelled.".into(),
+                already_leaving: "Already leaving.".into(),
             },
             human_available: false,
             failures_before_handoff: limits.llm_failures_before_handoff,

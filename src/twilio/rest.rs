@@ -31,7 +31,11 @@ pub enum RestError {
     /// No answer in time. Retryable.
     #[error("Twilio did not answer within {0:?}")]
     Timeout(Duration),
-    /// Connection failure. Retryable.
+    /// The connection could not be made: the request never reached Twilio. Retryable.
+    #[error("cannot connect to Twilio: {0}")]
+    Connect(String),
+    /// The connection failed after it was made (the request may have been processed).
+    /// Retryable for requests that are safe to repeat.
     #[error("cannot reach Twilio: {0}")]
     Transport(String),
 }
@@ -41,8 +45,20 @@ impl RestError {
     pub fn is_retryable(&self) -> bool {
         match self {
             RestError::Status { status, .. } => *status == 429 || *status >= 500,
-            RestError::Timeout(_) | RestError::Transport(_) => true,
+            RestError::Timeout(_) | RestError::Transport(_) | RestError::Connect(_) => true,
             RestError::CallNotInProgress => false,
+        }
+    }
+
+    /// Worth trying again for a request that creates something (a message, an interaction):
+    /// only when Twilio certainly did not act on it — a rate limit (429), unavailable (503), or
+    /// no connection. A timeout or a broken connection may have come after Twilio created it,
+    /// and a repeat would create it twice.
+    pub fn is_retryable_create(&self) -> bool {
+        match self {
+            RestError::Status { status, .. } => *status == 429 || *status == 503,
+            RestError::Connect(_) => true,
+            _ => false,
         }
     }
 }
@@ -111,6 +127,8 @@ impl Rest {
         let response = request.send().await.map_err(|e| {
             if e.is_timeout() {
                 RestError::Timeout(self.timeout)
+            } else if e.is_connect() {
+                RestError::Connect(e.to_string())
             } else {
                 RestError::Transport(e.to_string())
             }
@@ -138,6 +156,36 @@ impl Rest {
     pub async fn with_retries<T, F, Fut>(
         what: &str,
         attempts: u32,
+        attempt: F,
+    ) -> Result<T, RestError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RestError>>,
+    {
+        Self::with_retries_if(what, attempts, RestError::is_retryable, attempt).await
+    }
+
+    /// [`Rest::with_retries`] for a request that creates something: retried only when
+    /// [`RestError::is_retryable_create`].
+    ///
+    /// # Errors
+    /// The last [`RestError`].
+    pub async fn with_create_retries<T, F, Fut>(
+        what: &str,
+        attempts: u32,
+        attempt: F,
+    ) -> Result<T, RestError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RestError>>,
+    {
+        Self::with_retries_if(what, attempts, RestError::is_retryable_create, attempt).await
+    }
+
+    async fn with_retries_if<T, F, Fut>(
+        what: &str,
+        attempts: u32,
+        retry: fn(&RestError) -> bool,
         mut attempt: F,
     ) -> Result<T, RestError>
     where
@@ -147,7 +195,7 @@ impl Rest {
         let mut tried = 1;
         loop {
             match attempt().await {
-                Err(e) if e.is_retryable() && tried < attempts => {
+                Err(e) if retry(&e) && tried < attempts => {
                     let base = 200u64 << (tried - 1);
                     let pause = Duration::from_millis(base + rand::random_range(0..=base / 2));
                     tracing::warn!(error = %e, attempt = tried, pause_ms = pause.as_millis() as u64, "{what} failed; retrying");

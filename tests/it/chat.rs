@@ -95,9 +95,13 @@ async fn chat_with(author: &str, extra: &[(&str, &str)]) -> Chat {
         &conversation_sid,
         &format!("{}/conversations/webhook", app.base_url),
     );
+    let signing_base = extra
+        .iter()
+        .find(|(k, _)| *k == "PUBLIC_URL")
+        .map_or(app.base_url.clone(), |(_, v)| v.to_string());
     let customer = ChatCustomer::new(
         &app.base_url,
-        &app.base_url,
+        &signing_base,
         Some(TOKEN.to_owned()),
         &conversation_sid,
         author,
@@ -223,7 +227,11 @@ async fn messages_during_a_turn_are_answered_together() {
 /// marked, and later messages are not answered; the record is served.
 #[tokio::test]
 async fn a_handoff_creates_the_interaction_and_leaves_the_loop() {
-    let mut chat = chat_with("whatsapp:+15551230000", &[]).await;
+    let mut chat = chat_with(
+        "whatsapp:+15551230000",
+        &[("PUBLIC_URL", "https://bot.example")],
+    )
+    .await;
     chat.app.llm.push(Script::call(
         "call_1",
         "agent_handoff",
@@ -261,6 +269,10 @@ async fn a_handoff_creates_the_interaction_and_leaves_the_loop() {
     assert_eq!(attributes["summary"], "Order 123 arrived broken");
     assert_eq!(attributes["conversationSid"], chat.sid());
     assert_eq!(attributes["channelType"], "whatsapp");
+    assert_eq!(
+        attributes["handoffRecordUrl"],
+        format!("https://bot.example/conversations/{}/handoff", chat.sid())
+    );
     let webhook_sid = chat.customer.webhook_sid.clone();
     chat.event(
         "webhook deleted",
@@ -534,7 +546,8 @@ fn after_split<'a>(flow: &'a Value, action: &str) -> &'a str {
 /// `send-to-flex` attributes read them; a handoff comes back as an action (Studio hands off).
 #[tokio::test]
 async fn the_studio_chat_flow_contract_round_trips() {
-    let mut chat = chat().await;
+    // A Studio-only deployment: no Interactions settings, yet the flow can hand off.
+    let mut chat = chat_with("+15551230000", &[("FLEX_WORKSPACE_SID", "")]).await;
     let flow: Value = serde_json::from_str(include_str!("../../studio/chat-flow.json")).unwrap();
     let first = Context::default()
         .with("trigger.conversation.ConversationSid", chat.sid())
@@ -593,4 +606,68 @@ async fn the_studio_chat_flow_contract_round_trips() {
     // A body that does not match its bodySHA256 is refused.
     let tampered = studio_request(&chat, &body).body(r#"{"conversationSid":"CHx"}"#);
     assert_eq!(tampered.send().await.unwrap().status(), 403);
+}
+
+/// A reply longer than Twilio's 1,600 characters is posted in parts, in order.
+#[tokio::test]
+async fn long_replies_are_posted_in_parts() {
+    let mut chat = chat().await;
+    let sentence: &'static str = "This sentence is part of a very long answer. ";
+    let pieces: Vec<&'static str> = std::iter::repeat_n(sentence, 60).collect();
+    chat.app.llm.push(Script::text(&pieces));
+    chat.customer.send("tell me everything").await.unwrap();
+    let first = chat.message(1).await;
+    let second = chat.message(2).await;
+    assert!(first.chars().count() <= 1600 && second.chars().count() <= 1600);
+    assert!(first.ends_with("answer.") && second.ends_with("answer."));
+    assert_eq!(format!("{first} {second}"), sentence.repeat(60).trim_end());
+}
+
+/// Past `CHAT_MAX_CONVERSATIONS` a new conversation's message is refused with 503 (so Twilio
+/// may deliver it again), and not marked as taken: its redelivery is answered once there is
+/// room.
+#[tokio::test]
+async fn past_the_conversation_cap_messages_are_refused_not_lost() {
+    let mut chat = chat_with(
+        "+15551230000",
+        &[("CHAT_MAX_CONVERSATIONS", "1"), ("CHAT_IDLE_TIMEOUT", "1s")],
+    )
+    .await;
+    chat.customer.send("first conversation").await.unwrap();
+    chat.message(1).await;
+    let other = new_sid("CH");
+    let webhook = chat.api.add_conversation(
+        &other,
+        &format!("{}/conversations/webhook", chat.app.base_url),
+    );
+    let mut second = ChatCustomer::new(
+        &chat.app.base_url,
+        &chat.app.base_url,
+        Some(TOKEN.to_owned()),
+        &other,
+        "+15559870000",
+        &webhook,
+    );
+    let (status, sid) = second.send("second conversation").await.unwrap();
+    assert_eq!(status, 503);
+    chat.session_gone().await;
+    assert_eq!(second.redeliver(&sid).await.unwrap(), 200);
+    let reply = chat.api.wait_for_message(&other, 1, WAIT).await;
+    assert!(reply.is_some(), "the redelivery is answered");
+}
+
+/// A shutdown does not wait on a chat whose model never answers: once the drain time is up the
+/// conversation is stopped and the server exits; new chat events are refused meanwhile.
+#[tokio::test]
+async fn a_drain_stops_a_stalled_chat() {
+    let mut chat = chat_with("+15551230000", &[("DRAIN_TIMEOUT", "1s")]).await;
+    chat.app.llm.push(Script::Stall);
+    chat.customer.send("hello").await.unwrap();
+    chat.app.llm.next_request().await;
+    chat.app.server.shutdown.cancel();
+    let (status, _) = chat.customer.send("anyone?").await.unwrap();
+    assert_eq!(status, 503, "no new work while draining");
+    let stopped = tokio::time::timeout(WAIT, &mut chat.app.server.handle).await;
+    assert!(stopped.is_ok(), "the server stopped");
+    assert_eq!(chat.app.server.state.chat.live(), 0);
 }
