@@ -36,25 +36,68 @@ pub mod sys;
 pub mod telemetry;
 pub mod twilio;
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    agent::{tools::ToolRegistry, Agent},
-    config::Config,
+    agent::{tools::ToolRegistry, Agent, Brain},
+    config::{Config, LlmProvider},
     http::AppState,
 };
 
-/// Builds the shared state for `config`: the voice agent with the call-control tools
-/// (`agent_handoff`, `end_call`, and `switch_language` when `<Language>`s are configured), the
-/// chat agent with its own (`agent_handoff` when chat handoffs are configured, `end_call`), and
-/// `extra_tools` on both.
+/// Builds the shared state for `config`. With an LLM (OpenAI-compatible or offline): the voice
+/// agent with the call-control tools (`agent_handoff`, `end_call`, and `switch_language` when
+/// `<Language>`s are configured), the chat agents with theirs (`agent_handoff` when a handoff
+/// can happen on that route, `end_call`), and `extra_tools` on all. With a bot (Lex, Watson):
+/// that bot on every channel (a bot has no tools; it decides handoffs itself).
 ///
 /// # Errors
 /// A message when a client cannot be built or a tool name is taken twice.
 pub fn build_state(config: Config, extra_tools: ToolRegistry) -> Result<AppState, String> {
+    let (voice, chat) = match &config.llm.provider {
+        LlmProvider::Lex(lex) => {
+            let brain = |line: &str| -> Result<Arc<dyn Brain>, String> {
+                Ok(Arc::new(agent::lex::LexBrain::new(lex, line.to_owned())?))
+            };
+            let chat = brain(&config.chat.offer_human_line)?;
+            (
+                brain(&config.limits.llm_offer_human_line)?,
+                chat::ChatAgents {
+                    direct: chat.clone(),
+                    studio: chat,
+                },
+            )
+        }
+        LlmProvider::Watson(watson) => {
+            let brain = |line: &str| -> Result<Arc<dyn Brain>, String> {
+                Ok(Arc::new(agent::watson::WatsonBrain::new(
+                    watson,
+                    line.to_owned(),
+                )?))
+            };
+            let chat = brain(&config.chat.offer_human_line)?;
+            (
+                brain(&config.limits.llm_offer_human_line)?,
+                chat::ChatAgents {
+                    direct: chat.clone(),
+                    studio: chat,
+                },
+            )
+        }
+        LlmProvider::OpenAi { .. } | LlmProvider::Offline { .. } => {
+            llm_agents(&config, &extra_tools)?
+        }
+    };
+    AppState::new(config, voice, chat)
+}
+
+/// The LLM agents: voice, and chat on each route, on one model.
+fn llm_agents(
+    config: &Config,
+    extra_tools: &ToolRegistry,
+) -> Result<(Arc<dyn Brain>, chat::ChatAgents), String> {
     let mut tools = ToolRegistry::new();
     let mut languages: Vec<String> = Vec::new();
     if !config.relay.languages.is_empty() {
@@ -76,8 +119,8 @@ pub fn build_state(config: Config, extra_tools: ToolRegistry) -> Result<AppState
     {
         tools.register(tool).map_err(|e| e.to_string())?;
     }
-    let voice = Agent::from_config(&config, tools)?;
-    let chat_agent = |human_available: bool| -> Result<Agent, String> {
+    let voice = Agent::from_config(config, tools)?;
+    let chat_agent = |human_available: bool| -> Result<Arc<dyn Brain>, String> {
         let mut tools = ToolRegistry::new();
         for tool in agent::call_tools::chat_control_tools(human_available)
             .into_iter()
@@ -85,13 +128,15 @@ pub fn build_state(config: Config, extra_tools: ToolRegistry) -> Result<AppState
         {
             tools.register(tool).map_err(|e| e.to_string())?;
         }
-        Ok(voice.for_channel(&config.chat.system_prompt, tools))
+        Ok(Arc::new(
+            voice.for_channel(&config.chat.system_prompt, tools),
+        ))
     };
     let chat = chat::ChatAgents {
-        direct: chat_agent(chat::ChatState::human_available(&config))?,
+        direct: chat_agent(chat::ChatState::human_available(config))?,
         studio: chat_agent(true)?,
     };
-    AppState::new(config, voice, chat)
+    Ok((Arc::new(voice), chat))
 }
 
 /// A server running in the background.

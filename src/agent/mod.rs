@@ -13,10 +13,12 @@
 
 pub mod call_tools;
 pub mod control;
+pub mod lex;
 pub mod offline;
 pub mod openai;
 pub mod tools;
 pub mod turn;
+pub mod watson;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -232,6 +234,47 @@ impl LlmError {
     }
 }
 
+/// What answers the customer, one turn at a time: the seam every channel drives.
+///
+/// A brain takes the conversation so far and the customer's new input ([`turn::TurnInput`]:
+/// the history ending with it, the call or chat it belongs to, the keys pressed) and reports on
+/// `events`: text to send as it comes ([`turn::TurnEvent::Content`]), messages to keep
+/// ([`turn::TurnEvent::Commit`]), then [`turn::TurnEvent::Done`] or
+/// [`turn::TurnEvent::Failed`] — every event tagged with the turn's id. To hand the customer to a
+/// person or end the conversation it asks through `input.control`
+/// ([`control::ControlRequest::Leave`]), exactly as the LLM's `agent_handoff` and `end_call`
+/// tools do, so every handoff path works whatever the brain.
+///
+/// Implementations: [`Agent`] (an LLM with tools: OpenAI-compatible or the offline stand-in,
+/// through [`turn::run_turn`]), [`lex::LexBrain`] (Amazon Lex V2) and [`watson::WatsonBrain`]
+/// (IBM Watson Assistant v2), which keep their own session state keyed by the conversation's
+/// id (`input.call.call_sid`: a CallSid or ConversationSid).
+pub trait Brain: Send + Sync + 'static {
+    /// Runs one turn to its end (dropping the future cancels it: the customer cut in).
+    fn turn(
+        self: Arc<Self>,
+        input: turn::TurnInput,
+        events: tokio::sync::mpsc::Sender<(TurnId, turn::TurnEvent)>,
+    ) -> BoxFuture<'static, ()>;
+
+    /// The system prompt the history starts with (empty for a bot that has its own).
+    fn system_prompt(&self) -> Arc<str>;
+}
+
+impl Brain for Agent {
+    fn turn(
+        self: Arc<Self>,
+        input: turn::TurnInput,
+        events: tokio::sync::mpsc::Sender<(TurnId, turn::TurnEvent)>,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(turn::run_turn(self, input, events))
+    }
+
+    fn system_prompt(&self) -> Arc<str> {
+        self.system_prompt.clone()
+    }
+}
+
 /// A streaming chat model. Implemented by the OpenAI-compatible client and the offline agent.
 pub trait ChatModel: Send + Sync + 'static {
     /// Starts a streamed response. Dropping the returned stream aborts the request.
@@ -259,10 +302,11 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Builds the agent `config` describes, with `tools`.
+    /// Builds the LLM agent `config` describes (OpenAI-compatible or offline), with `tools`.
     ///
     /// # Errors
-    /// A message if the HTTP client for the model cannot be built (TLS set-up).
+    /// A message if the HTTP client for the model cannot be built (TLS set-up), or when the
+    /// provider is a bot (Lex, Watson) rather than a chat model.
     pub fn from_config(config: &Config, tools: tools::ToolRegistry) -> Result<Self, String> {
         let model: Arc<dyn ChatModel> = match &config.llm.provider {
             LlmProvider::OpenAi {
@@ -277,6 +321,9 @@ impl Agent {
             )?),
             LlmProvider::Offline { token_delay } => {
                 Arc::new(offline::OfflineModel::new(*token_delay))
+            }
+            LlmProvider::Lex(_) | LlmProvider::Watson(_) => {
+                return Err("Lex and Watson are brains of their own, not chat models".into())
             }
         };
         Ok(Agent {

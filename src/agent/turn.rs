@@ -69,6 +69,11 @@ pub struct TurnInput {
     pub control: Option<super::control::CallControl>,
     /// When the caller's words that started this turn were read (stage timings are from here).
     pub prompt_at: Instant,
+    /// The keys the caller pressed, when keypresses (DTMF) started this turn: the last message
+    /// then reads "The caller pressed …" for an LLM; a bot gets the digits.
+    pub keys: Option<String>,
+    /// The channel (`voice`, `chat`): a bot formats for it (SSML, pauses).
+    pub channel: &'static str,
 }
 
 /// Where a turn's time went, for its log line and the metrics (all from the prompt).
@@ -136,6 +141,7 @@ async fn turn_steps(
         mut messages,
         control,
         prompt_at,
+        ..
     } = input;
     let send = |event: TurnEvent| async move { events.send((id, event)).await.is_ok() };
     let specs = agent.tools.specs();
@@ -511,6 +517,8 @@ mod tests {
             }],
             control: None,
             prompt_at: Instant::now(),
+            keys: None,
+            channel: "voice",
         };
         run_turn(agent, input, tx).await;
         let mut out = Vec::new();
@@ -545,6 +553,8 @@ mod tests {
             messages: vec![],
             control: None,
             prompt_at: Instant::now(),
+            keys: None,
+            channel: "voice",
         };
         let started = Instant::now();
         let turn = tokio::spawn(run_turn(Arc::new(agent), input, tx));

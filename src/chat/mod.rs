@@ -159,12 +159,14 @@ struct Shared {
     stop: CancellationToken,
 }
 
-/// The chat agents [`ChatState::new`] takes: the same model, each with its tools.
+/// The chat brains [`ChatState::new`] takes (for an LLM: the same model, each with its tools).
 pub struct ChatAgents {
-    /// For the direct webhook: `agent_handoff` only when [`ChatState::human_available`].
-    pub direct: crate::agent::Agent,
-    /// For Studio turns: always `agent_handoff` (the flow's `send-to-flex` hands off).
-    pub studio: crate::agent::Agent,
+    /// For the direct webhook: an LLM gets `agent_handoff` only when
+    /// [`ChatState::human_available`].
+    pub direct: Arc<dyn crate::agent::Brain>,
+    /// For Studio turns: an LLM always gets `agent_handoff` (the flow's `send-to-flex` hands
+    /// off).
+    pub studio: Arc<dyn crate::agent::Brain>,
 }
 
 /// Why a chat event was not taken; the webhook answers 503 so that Twilio may deliver it again
@@ -195,10 +197,10 @@ impl ChatState {
     ) -> Result<Self, String> {
         let direct = Arc::new(Persona::chat(
             &config,
-            Arc::new(agents.direct),
+            agents.direct,
             Self::human_available(&config),
         ));
-        let studio = Arc::new(Persona::chat(&config, Arc::new(agents.studio), true));
+        let studio = Arc::new(Persona::chat(&config, agents.studio, true));
         let rest = match config.twilio.rest_credentials() {
             Some((user, password)) => Some(Rest::new(&user, password, REST_TIMEOUT)?),
             None => None,

@@ -18,8 +18,10 @@ use secrecy::SecretString;
 
 use crate::twilio::twiml::LanguageElement;
 
+mod bots;
 mod chat;
 
+pub use bots::{LexConfig, WatsonConfig, DEFAULT_WATSON_IAM_URL, DEFAULT_WATSON_VERSION};
 pub use chat::{ChatConfig, DEFAULT_CHAT_SYSTEM_PROMPT};
 
 /// A setting that stops the server at start.
@@ -51,6 +53,10 @@ pub enum LlmProvider {
         /// `OPENAI_MODEL`, default `gpt-4o-mini`.
         model: String,
     },
+    /// An Amazon Lex V2 bot (`LLM_PROVIDER=lex`).
+    Lex(LexConfig),
+    /// An IBM Watson Assistant (`LLM_PROVIDER=watson`).
+    Watson(WatsonConfig),
     /// The built-in rule-based stand-in (no key needed).
     Offline {
         /// `OFFLINE_TOKEN_DELAY_MS` (default 40 ms): pause between streamed words.
@@ -660,6 +666,7 @@ impl Config {
                 .unwrap_or_else(|| "https://api.openai.com/v1".into()),
             model: model.clone(),
         };
+        let bots = bots::read(vars)?;
         let provider = match vars
             .get("LLM_PROVIDER")
             .map(|v| v.trim().to_ascii_lowercase())
@@ -667,6 +674,8 @@ impl Config {
             None if api_key.is_some() => openai(api_key),
             None => offline,
             Some(p) if p == "offline" => offline,
+            Some(p) if p == "lex" => LlmProvider::Lex(bots.lex?),
+            Some(p) if p == "watson" => LlmProvider::Watson(bots.watson?),
             Some(p) if p == "openai" => {
                 if api_key.is_none() && base_url.is_none() {
                     return Err(invalid(
@@ -679,7 +688,7 @@ impl Config {
             Some(p) => {
                 return Err(invalid(
                     "LLM_PROVIDER",
-                    format!("{p:?} is not openai or offline"),
+                    format!("{p:?} is not openai, offline, lex or watson"),
                 ))
             }
         };
@@ -936,6 +945,13 @@ impl Config {
             }
             LlmProvider::Offline { .. } => {
                 "the built-in offline agent (a rule-based stand-in, not an LLM; set OPENAI_API_KEY for a real model)".into()
+            }
+            LlmProvider::Lex(lex) => format!(
+                "the Amazon Lex V2 bot {} (alias {}, locale {})",
+                lex.bot_id, lex.bot_alias_id, lex.locale_id
+            ),
+            LlmProvider::Watson(watson) => {
+                format!("the IBM Watson Assistant at {}", watson.url)
             }
         }
     }

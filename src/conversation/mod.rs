@@ -32,7 +32,7 @@ pub use persona::{Lines, Persona};
 use crate::{
     agent::{
         control::{CallControl, ControlMessage, ControlRequest},
-        turn::{run_turn, ReadAt, TurnEvent, TurnInput},
+        turn::{ReadAt, TurnEvent, TurnInput},
         CallContext, Departure, LlmError, Message, TurnId,
     },
     handoff::{now_ms, HandoffData, TranscriptLine},
@@ -183,7 +183,7 @@ impl Conversation {
     /// A new conversation with only the persona's system prompt.
     pub fn new(persona: Arc<Persona>) -> Self {
         let history = vec![Message::System {
-            content: persona.agent.system_prompt.clone(),
+            content: persona.brain.system_prompt(),
         }];
         Conversation {
             persona,
@@ -327,7 +327,7 @@ impl Conversation {
             spoken: Spoken::default(),
             step_start: 0,
             pending: String::new(),
-            mergeable,
+            mergeable: mergeable.clone(),
         });
         let input = TurnInput {
             id,
@@ -335,16 +335,18 @@ impl Conversation {
             messages: self.history.clone(),
             control: Some(CallControl::new(self.inbox.control.sender())),
             prompt_at: Instant::now(),
+            keys: mergeable,
+            channel: self.persona.channel,
         };
         telemetry::metrics().turns.increment(1);
-        let agent = self.persona.agent.clone();
+        let brain = self.persona.brain.clone();
         let events = self.inbox.events.sender();
         // The turn runs inside the transport's task (its loop polls it), not as a task of its
         // own: every token would otherwise cost a wake-up on another thread. A turn stopped
         // early is dropped (see `stop_turn`).
         self.running = Some(Box::pin(async move {
             let turn =
-                std::panic::AssertUnwindSafe(run_turn(agent, input, events.clone())).catch_unwind();
+                std::panic::AssertUnwindSafe(brain.turn(input, events.clone())).catch_unwind();
             if turn.await.is_err() {
                 // A bug must not leave the customer in silence: the transport apologises.
                 tracing::error!(turn = id, "turn panicked");

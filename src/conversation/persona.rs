@@ -1,11 +1,12 @@
-//! The agent as one channel presents it: the system prompt and tools (in [`Agent`]), the lines
+//! The agent as one channel presents it: what answers (a [`Brain`]: an LLM with its system
+//! prompt and tools, or a Lex or Watson bot), the lines
 //! the conversation core adds on its own, and the policy on failures. Voice and chat share the
 //! model and the tools' code but not the words: a voice prompt is written for the ear, a chat
 //! prompt for the eye.
 
 use std::sync::Arc;
 
-use crate::{agent::Agent, config::Config};
+use crate::{agent::Brain, config::Config};
 
 /// The lines the core adds to a reply on its own, and what the model reads when it asks to
 /// leave.
@@ -39,8 +40,8 @@ pub struct Persona {
     /// Whether a tool's "while running" line is sent (voice: it fills dead air); chat posts one
     /// message per turn, so it would only sit in front of the answer and in the transcript.
     pub fillers: bool,
-    /// Model, tools and system prompt.
-    pub agent: Arc<Agent>,
+    /// What answers: an LLM with tools and its system prompt, or a Lex or Watson bot.
+    pub brain: Arc<dyn Brain>,
     /// What the core says on its own.
     pub lines: Lines,
     /// Whether a human can take over on this channel (a handoff route is configured).
@@ -53,14 +54,14 @@ pub struct Persona {
 }
 
 impl Persona {
-    /// The voice channel's persona: `agent` (the prompt written for the ear) and the spoken
-    /// lines of `config`.
-    pub fn voice(config: &Config, agent: Arc<Agent>, human_available: bool) -> Self {
+    /// The voice channel's persona: `brain` (for an LLM, the prompt written for the ear) and
+    /// the spoken lines of `config`.
+    pub fn voice(config: &Config, brain: Arc<dyn Brain>, human_available: bool) -> Self {
         Persona {
             channel: "voice",
             noun: "call",
             fillers: true,
-            agent,
+            brain,
             lines: Lines {
                 handoff: config.handoff.handoff_line.clone(),
                 end: config.handoff.end_call_line.clone(),
@@ -77,15 +78,15 @@ impl Persona {
         }
     }
 
-    /// The chat channel's persona: `agent` (the prompt written for the eye) and the chat lines
-    /// of `config`.
-    pub fn chat(config: &Config, agent: Arc<Agent>, human_available: bool) -> Self {
+    /// The chat channel's persona: `brain` (for an LLM, the prompt written for the eye) and the
+    /// chat lines of `config`.
+    pub fn chat(config: &Config, brain: Arc<dyn Brain>, human_available: bool) -> Self {
         let chat = &config.chat;
         Persona {
             channel: "chat",
             noun: "conversation",
             fillers: false,
-            agent,
+            brain,
             lines: Lines {
                 handoff: chat.handoff_line.clone(),
                 end: chat.end_line.clone(),

@@ -44,7 +44,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower_http::trace::TraceLayer;
 
 use crate::{
-    agent::{mask_number, Agent, Departure},
+    agent::{mask_number, Brain, Departure},
     chat::{ChatAgents, ChatState},
     config::Config,
     conversation::Persona,
@@ -101,15 +101,19 @@ pub struct AppState {
 const CALLS_API_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl AppState {
-    /// State for `config` and `agent`. The handoff route is chosen here: Calls API → Studio when
+    /// State for `config`, answering calls with `voice` and chats with `chat_agents`. The handoff route is chosen here: Calls API → Studio when
     /// `STUDIO_FLOW_URL` and REST credentials are set, else `end` + `/action`.
     ///
     /// # Errors
     /// A message when the Calls API client cannot be built.
-    pub fn new(config: Config, agent: Agent, chat_agents: ChatAgents) -> Result<Self, String> {
+    pub fn new(
+        config: Config,
+        voice: Arc<dyn Brain>,
+        chat_agents: ChatAgents,
+    ) -> Result<Self, String> {
         let human_available =
             config.handoff.workflow_sid.is_some() || config.handoff.studio_flow_url.is_some();
-        let voice = Arc::new(Persona::voice(&config, Arc::new(agent), human_available));
+        let voice = Arc::new(Persona::voice(&config, voice, human_available));
         let route = match (
             &config.handoff.studio_flow_url,
             config.twilio.rest_credentials(),

@@ -861,7 +861,7 @@ mod tests {
             channel: "voice",
             noun: "call",
             fillers: true,
-            agent: Arc::new(agent),
+            brain: Arc::new(agent),
             lines: Lines {
                 handoff: "Connecting you.".into(),
                 end: "Bye.".into(),

@@ -1,0 +1,1 @@
+//! IBM Watson Assistant as the brain, end to end against a fake Watson and IAM.
