@@ -58,15 +58,22 @@ use crate::{
 pub fn build_state(config: Config, extra_tools: ToolRegistry) -> Result<AppState, String> {
     let (voice, chat) = match &config.llm.provider {
         LlmProvider::Lex(lex) => {
-            let brain = |line: &str| -> Result<Arc<dyn Brain>, String> {
-                Ok(Arc::new(agent::lex::LexBrain::new(lex, line.to_owned())?))
+            // The offer of a person after repeated fallbacks, only where one can take over.
+            let brain = |human: bool| -> Result<Arc<dyn Brain>, String> {
+                let line = if human {
+                    lex.fallback_line.clone()
+                } else {
+                    String::new()
+                };
+                Ok(Arc::new(agent::lex::LexBrain::new(lex, line)?))
             };
-            let chat = brain(&config.chat.offer_human_line)?;
+            let voice_human =
+                config.handoff.workflow_sid.is_some() || config.handoff.studio_flow_url.is_some();
             (
-                brain(&config.limits.llm_offer_human_line)?,
+                brain(voice_human)?,
                 chat::ChatAgents {
-                    direct: chat.clone(),
-                    studio: chat,
+                    direct: brain(chat::ChatState::human_available(&config))?,
+                    studio: brain(true)?,
                 },
             )
         }

@@ -33,6 +33,9 @@ pub struct LexConfig {
     /// `LEX_FALLBACKS_BEFORE_HANDOFF` (default 2): `FallbackIntent` this many times in a row
     /// offers a person.
     pub fallbacks_before_handoff: u32,
+    /// `LEX_FALLBACK_LINE`: the offer of a person after those fallbacks (only where a person
+    /// can take over on that channel).
+    pub fallback_line: String,
 }
 
 /// IBM Watson Assistant v2.
@@ -100,6 +103,11 @@ pub(super) fn read(vars: &Vars) -> Result<Bots, ConfigError> {
     let end_on_fulfilled = bool_var("LEX_END_ON_FULFILLED", true)?;
     let fallbacks_before_handoff =
         vars.parse("LEX_FALLBACKS_BEFORE_HANDOFF", 2u32, "a whole number")?;
+    let fallback_line = vars
+        .get("LEX_FALLBACK_LINE")
+        .unwrap_or("Sorry, I'm not getting that. I can connect you to a person if you'd like.")
+        .trim()
+        .to_owned();
     let bot_id = required("LEX_BOT_ID", "lex");
     let bot_alias_id = required("LEX_BOT_ALIAS_ID", "lex");
     let lex = bot_id.and_then(|bot_id| {
@@ -111,6 +119,7 @@ pub(super) fn read(vars: &Vars) -> Result<Bots, ConfigError> {
             handoff_intents,
             end_on_fulfilled,
             fallbacks_before_handoff,
+            fallback_line,
         })
     });
 

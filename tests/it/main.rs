@@ -1,6 +1,7 @@
 //! Integration tests: the real server on 127.0.0.1:0, driven over real HTTP and WebSocket by
 //! the simulator's caller, with an in-process fake model. No network.
 
+mod fake_lex;
 mod fake_llm;
 mod fake_twilio;
 mod helpers;
