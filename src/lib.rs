@@ -10,6 +10,7 @@
 //!   leaving).
 //! - [`relay`]: the Conversation Relay protocol and the per-call session (voice).
 //! - [`chat`]: the Twilio Conversations channel (webhook or Studio) and its Flex handoff.
+//! - [`web`]: the web chat widget and its escalation to a live Flex agent.
 //! - [`agent`]: the chat model (OpenAI-compatible or offline), tools, and the turn loop.
 //! - [`handoff`]: moving the call to a human in Flex (Calls API → Studio, or `end` → `/action`).
 //! - [`twilio`]: TwiML, webhook forms, request signatures, the Calls API.
@@ -35,6 +36,7 @@ pub mod store;
 pub mod sys;
 pub mod telemetry;
 pub mod twilio;
+pub mod web;
 
 use std::{net::SocketAddr, sync::Arc};
 

@@ -156,7 +156,7 @@ pub(super) async fn hand_off(
 
 /// Where the handoff record of `conversation_sid` is served, when the server has a public URL
 /// and the record endpoint is on (`PUBLIC_URL`, `API_TOKEN`).
-fn record_url(state: &ChatState, conversation_sid: &str) -> Option<String> {
+pub(crate) fn record_url(state: &ChatState, conversation_sid: &str) -> Option<String> {
     let config = state.config();
     config.handoff.api_token.as_ref()?;
     let base = config.public_url.as_ref()?;

@@ -267,6 +267,42 @@ impl ChatState {
         self.inner.handoffs.get(conversation_sid)
     }
 
+    /// The chat persona of the direct route (the web widget's too).
+    pub(crate) fn direct_persona(&self) -> Arc<Persona> {
+        self.inner.direct.clone()
+    }
+
+    /// The Conversations client, when REST credentials are set.
+    pub(crate) fn conversations(&self) -> Option<&ConversationsClient> {
+        self.inner.conversations.as_ref()
+    }
+
+    /// Where chat handoffs go, when configured.
+    pub(crate) fn routing(&self) -> Option<&FlexRouting> {
+        self.inner.routing.as_ref()
+    }
+
+    /// Keeps the record of a chat handed to a person (served at
+    /// `GET /conversations/{ConversationSid}/handoff`).
+    pub(crate) fn record_handoff(&self, record: crate::handoff::HandoffRecord) {
+        self.inner.handoffs.insert(record);
+    }
+
+    /// The settings.
+    pub(crate) fn settings(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Cancelled when a shutdown starts.
+    pub(crate) fn draining(&self) -> &CancellationToken {
+        &self.inner.draining
+    }
+
+    /// Cancelled when the drain time is up.
+    pub(crate) fn stopping(&self) -> &CancellationToken {
+        &self.inner.stop
+    }
+
     /// Conversations with a live task.
     pub fn live(&self) -> usize {
         self.inner.registry.live()

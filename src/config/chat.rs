@@ -52,6 +52,10 @@ pub struct ChatConfig {
     pub handoff_failed_line: String,
     /// `CHAT_MEDIA_ONLY_LINE`: the answer to a message with media and no text.
     pub media_only_line: String,
+    /// `CHAT_ALLOWED_ORIGINS`: the web origins whose pages may embed the widget
+    /// (`https://shop.example.com`, comma-separated; `*` any). Unset: the server's own origin
+    /// only. Checked on the widget's WebSocket upgrade.
+    pub allowed_origins: Vec<String>,
     /// `CHAT_MAX_CONVERSATIONS` (default `MAX_CONCURRENT_CALLS` × 10): conversations held in
     /// memory at once; past it new conversations get the error line.
     pub max_conversations: usize,
@@ -89,6 +93,27 @@ pub(super) fn read(vars: &Vars, limits: &LimitsConfig) -> Result<ChatConfig, Con
     if max_conversations == 0 {
         return Err(invalid("CHAT_MAX_CONVERSATIONS", "must be greater than 0"));
     }
+    let mut allowed_origins = Vec::new();
+    for origin in vars
+        .get("CHAT_ALLOWED_ORIGINS")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+    {
+        let origin = origin.trim_end_matches('/');
+        let valid = origin == "*"
+            || url::Url::parse(origin).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https") && u.host_str().is_some() && u.path() == "/"
+            });
+        if !valid {
+            return Err(invalid(
+                "CHAT_ALLOWED_ORIGINS",
+                format!("{origin:?} is not an origin such as https://shop.example.com (or *)"),
+            ));
+        }
+        allowed_origins.push(origin.to_owned());
+    }
     Ok(ChatConfig {
         conversations_base: http_url(vars, "TWILIO_CONVERSATIONS_BASE", DEFAULT_CONVERSATIONS_BASE)?,
         flex_base: http_url(vars, "TWILIO_FLEX_BASE", DEFAULT_FLEX_BASE)?,
@@ -120,6 +145,7 @@ pub(super) fn read(vars: &Vars, limits: &LimitsConfig) -> Result<ChatConfig, Con
             "Sorry, I can only read text. Could you type your question?",
         ),
         max_conversations,
+        allowed_origins,
     })
 }
 
@@ -160,6 +186,8 @@ mod tests {
             ("CHAT_IDLE_TIMEOUT", "0"),
             ("TWILIO_FLEX_BASE", "ftp://x"),
             ("CHAT_MAX_CONVERSATIONS", "0"),
+            ("CHAT_ALLOWED_ORIGINS", "shop.example.com"),
+            ("CHAT_ALLOWED_ORIGINS", "https://a.example/path"),
         ] {
             assert_eq!(
                 config(&[(var, value)]).unwrap_err().var,

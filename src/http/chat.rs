@@ -34,6 +34,15 @@ pub(super) async fn conversations_webhook(
     SignedForm(params): SignedForm,
 ) -> StatusCode {
     let event = ConversationEvent::from_params(params);
+    // An escalated widget conversation's events are the widget's.
+    if event
+        .conversation_sid
+        .as_deref()
+        .is_some_and(|ch| state.web.owns(ch))
+    {
+        state.web.accept(&event);
+        return StatusCode::OK;
+    }
     match state.chat.accept(event) {
         Ok(()) => StatusCode::OK,
         Err(_) => StatusCode::SERVICE_UNAVAILABLE,

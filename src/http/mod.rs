@@ -20,6 +20,7 @@
 
 mod chat;
 mod voice;
+mod web;
 
 use voice::{connect_action, handoff_record, relay_socket, voice_webhook};
 #[cfg(test)]
@@ -82,6 +83,8 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// The chat channel (Twilio Conversations).
     pub chat: ChatState,
+    /// The web chat widget.
+    pub web: crate::web::WebState,
     /// Cancelled when calls must stop at once (after the drain); always after `wrap_up`.
     pub calls_cancel: CancellationToken,
     /// Cancelled when a shutdown starts: no new calls.
@@ -151,6 +154,12 @@ impl AppState {
         let tracker = TaskTracker::new();
         let draining = CancellationToken::new();
         let chat = ChatState::new(config.clone(), chat_agents, draining.clone())?;
+        let local_base = Arc::new(OnceLock::new());
+        let web = crate::web::WebState::new(
+            chat.clone(),
+            config.security.call_token_secret.clone(),
+            local_base.clone(),
+        );
         Ok(AppState {
             verifier: Arc::new(Verifier::new(tokens)),
             call_tokens: Arc::new(CallTokens::new(
@@ -162,13 +171,14 @@ impl AppState {
             limits: Arc::new(config.limits.clone()),
             config,
             chat,
+            web,
             voice,
             handoff: Arc::new(handoff),
             tracker,
             calls_cancel: CancellationToken::new(),
             draining,
             wrap_up: CancellationToken::new(),
-            local_base: Arc::new(OnceLock::new()),
+            local_base,
         })
     }
 
@@ -222,6 +232,10 @@ pub fn app(state: AppState) -> Router {
             "/conversations/{conversation_sid}/handoff",
             get(chat::handoff_record),
         )
+        .route("/widget.js", get(web::widget_js))
+        .route("/widget.css", get(web::widget_css))
+        .route("/chat", get(web::chat_page))
+        .route("/chat/ws", get(web::widget_socket))
         .route("/healthz", get(health))
         .route("/metrics", get(metrics_page))
         // Spans name the path only: the WebSocket URL's query carries the call token.
@@ -417,6 +431,7 @@ async fn drain(state: &AppState) {
     // Chats: idle ones left when the drain started; busy ones finish their turn.
     let chat_deadline = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
     state.chat.drain(chat_deadline).await;
+    state.web.drain(chat_deadline).await;
     if live > 0 {
         // Twilio requests the action URL right after a session ends (handoffs!).
         tokio::time::sleep(ACTION_GRACE).await;

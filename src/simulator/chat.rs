@@ -191,6 +191,10 @@ impl Session<'_> {
                 status,
                 code,
             } => println!("[twilio] refused {method} {path}: HTTP {status}, error {code}"),
+            // A Conversations chat never makes these (the web widget's escalation does).
+            ApiEvent::ConversationCreated { .. }
+            | ApiEvent::ParticipantAdded { .. }
+            | ApiEvent::WebhookCreated { .. } => {}
         }
     }
 

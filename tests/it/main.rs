@@ -22,3 +22,4 @@ mod soak;
 mod turns;
 mod twiml;
 mod watson;
+mod web;

@@ -2,23 +2,39 @@
 //! tests and for `relaybot chat`; and [`ChatCustomer`], which plays Twilio Conversations
 //! delivering post-event webhooks to our server.
 //!
+//! [`ChatCustomer`]: crate::simulator::chat_customer::ChatCustomer
+//!
 //! [`FakeConversationsApi`] answers exactly what [`crate::twilio::conversations`] and
 //! [`crate::twilio::flex`] send (form-encoded bodies, HTTP Basic auth) with what they parse,
 //! in Twilio's shapes (`handoff.md` §3, `channels-and-bots.md` §3):
 //!
 //! | Request | Answer |
 //! |---|---|
-//! | `POST /v1/Conversations/{CH}/Messages` (`Author`, `Body`) | 201, the message (`IM…`, `index`, …) |
+//! | `POST /v1/Conversations` (`FriendlyName`, `Attributes`, `State`) | 201, the new conversation (`CH…`, `friendly_name`, …) |
+//! | `POST /v1/Conversations/{CH}/Participants` (`Identity`, `Attributes`) | 201, the participant (`MB…`); the same identity again → 409 code 50433 |
+//! | `GET /v1/Conversations/{CH}/Participants` | 200, `{"participants": […], "meta": {…}}` |
+//! | `POST /v1/Conversations/{CH}/Messages` (`Author`, `Body`, `Attributes`) | 201, the message (`IM…`, `index`, …) |
 //! | `GET /v1/Conversations/{CH}` | 200, the conversation (`attributes` as a JSON string, `state`) |
 //! | `POST /v1/Conversations/{CH}` (`Attributes`, `State`) | 200, the updated conversation |
+//! | `POST /v1/Conversations/{CH}/Webhooks` (`Target`, `Configuration.Url`, `Configuration.Method`, `Configuration.Filters` repeated) | 201, the webhook (`WH…`); a sixth → 400 code 50361 |
 //! | `GET /v1/Conversations/{CH}/Webhooks` | 200, `{"webhooks": […], "meta": {…}}` |
 //! | `DELETE /v1/Conversations/{CH}/Webhooks/{WH}` | 204; unknown → 404 code 50360 |
 //! | `POST /v1/Interactions` (`Channel`, `Routing` JSON) | 201, the interaction (`KD…`) |
 //!
 //! A conversation comes into being the first time it is named (state `active`, attributes
 //! `{}`), unless [`FakeConversationsApi::remove_conversation`] took it away (then 404, code
-//! 20404). Once closed it refuses new messages and updates with 400, code 50377, as Twilio does.
-//! Errors have Twilio's body `{"code", "message", "more_info", "status"}`.
+//! 20404). Once closed it refuses new messages, participants, webhooks and updates with 400,
+//! code 50377, as Twilio does. Errors have Twilio's body `{"code", "message", "more_info",
+//! "status"}`.
+//!
+//! Twilio's side acts too (`twilio_side.rs`): a Flex agent joins
+//! ([`FakeConversationsApi::agent_joins`]), writes ([`FakeConversationsApi::agent_says`]), leaves
+//! ([`FakeConversationsApi::agent_leaves`]), or the conversation is closed
+//! ([`FakeConversationsApi::close`]); each changes the state and delivers the post-event webhook
+//! (`onParticipantAdded`, `onMessageAdded`, `onParticipantRemoved`,
+//! `onConversationStateUpdated`) to every conversation-scoped webhook that subscribes to it,
+//! form-encoded and signed ([`FakeConversationsApi::sign_webhooks_with`]). These are not
+//! requests: they are neither recorded nor announced as events.
 //!
 //! Everything is recorded ([`FakeConversationsApi::requests`]) and announced as an
 //! [`ApiEvent`] ([`FakeConversationsApi::subscribe`], [`FakeConversationsApi::wait_for`]) so
@@ -121,18 +137,34 @@ pub struct FakeWebhook {
     pub filters: Vec<String>,
 }
 
+/// A participant of a conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FakeParticipant {
+    /// `MB…`.
+    pub sid: String,
+    /// The chat identity.
+    pub identity: String,
+    /// The attributes: a JSON document, as a string (`"{}"` when none were sent).
+    pub attributes: String,
+}
+
 /// A conversation as the fake holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FakeConversation {
     /// `CH…`.
     pub sid: String,
+    /// `FriendlyName` (empty when none was given; `null` in the JSON).
+    pub friendly_name: String,
     /// The attributes: a JSON document, as a string (`"{}"` at first).
     pub attributes: String,
     /// `active`, `inactive` or `closed`.
     pub state: String,
+    /// Its participants, in the order they joined.
+    pub participants: Vec<FakeParticipant>,
     /// Its conversation-scoped webhooks.
     pub webhooks: Vec<FakeWebhook>,
-    /// The messages posted through the API, in order.
+    /// Its messages in order: posted through the API, or written by an agent
+    /// ([`FakeConversationsApi::agent_says`]).
     pub messages: Vec<PostedMessage>,
 }
 
@@ -140,8 +172,10 @@ impl FakeConversation {
     fn new(sid: &str) -> Self {
         FakeConversation {
             sid: sid.to_owned(),
+            friendly_name: String::new(),
             attributes: "{}".into(),
             state: "active".into(),
+            participants: Vec::new(),
             webhooks: Vec::new(),
             messages: Vec::new(),
         }
@@ -160,6 +194,11 @@ impl FakeConversation {
     /// Whether the conversation is closed.
     pub fn is_closed(&self) -> bool {
         self.state == "closed"
+    }
+
+    /// The participant with chat identity `identity`.
+    pub fn participant(&self, identity: &str) -> Option<&FakeParticipant> {
+        self.participants.iter().find(|p| p.identity == identity)
     }
 }
 
@@ -209,6 +248,35 @@ impl Interaction {
 /// Something the fake was asked to do (and did), or refused.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ApiEvent {
+    /// `POST /v1/Conversations` created a conversation.
+    ConversationCreated {
+        /// The new `CH…`.
+        conversation_sid: String,
+        /// `FriendlyName` (empty when none was sent).
+        friendly_name: String,
+        /// `Attributes` (`"{}"` when none were sent).
+        attributes: String,
+    },
+    /// `POST …/Participants` added a participant.
+    ParticipantAdded {
+        /// `CH…`.
+        conversation_sid: String,
+        /// `Identity`.
+        identity: String,
+        /// `Attributes` (`"{}"` when none were sent).
+        attributes: String,
+    },
+    /// `POST …/Webhooks` created a conversation-scoped webhook.
+    WebhookCreated {
+        /// `CH…`.
+        conversation_sid: String,
+        /// The new `WH…`.
+        webhook_sid: String,
+        /// `Configuration.Url`.
+        url: String,
+        /// `Configuration.Filters`, in the order sent.
+        filters: Vec<String>,
+    },
     /// `POST …/Messages` succeeded.
     MessagePosted {
         /// `CH…`.
@@ -262,7 +330,16 @@ impl ApiEvent {
     /// `media_channel_sid`).
     pub fn conversation_sid(&self) -> Option<&str> {
         match self {
-            ApiEvent::MessagePosted {
+            ApiEvent::ConversationCreated {
+                conversation_sid, ..
+            }
+            | ApiEvent::ParticipantAdded {
+                conversation_sid, ..
+            }
+            | ApiEvent::WebhookCreated {
+                conversation_sid, ..
+            }
+            | ApiEvent::MessagePosted {
                 conversation_sid, ..
             }
             | ApiEvent::ConversationUpdated {
@@ -311,6 +388,10 @@ struct Inner {
     failures: Vec<Failure>,
     events: Vec<ApiEvent>,
     credentials: Option<String>,
+    /// The auth token Twilio's side signs its deliveries with.
+    webhook_token: Option<String>,
+    /// Where deliveries go instead of the configured URL's origin.
+    webhook_server_base: Option<String>,
 }
 
 struct Shared {
@@ -489,7 +570,8 @@ impl FakeConversationsApi {
         self.shared.lock().requests.clone()
     }
 
-    /// The messages posted to a conversation, in order.
+    /// The messages of a conversation in order: posted through the API, or written by an agent
+    /// ([`FakeConversationsApi::agent_says`]).
     pub fn messages(&self, conversation_sid: &str) -> Vec<PostedMessage> {
         self.shared
             .lock()
@@ -549,7 +631,8 @@ impl FakeConversationsApi {
         }
     }
 
-    /// The `n`-th (from 1) message posted to `conversation_sid`, waiting up to `timeout`.
+    /// The `n`-th (from 1) message posted to `conversation_sid` through the API, waiting up to
+    /// `timeout` (an agent's messages, which are not requests, are not counted).
     pub async fn wait_for_message(
         &self,
         conversation_sid: &str,
@@ -557,302 +640,41 @@ impl FakeConversationsApi {
         timeout: Duration,
     ) -> Option<PostedMessage> {
         let mut count = 0;
-        self.wait_for(
-            |e| {
-                if matches!(e, ApiEvent::MessagePosted { conversation_sid: ch, .. } if ch == conversation_sid)
-                {
-                    count += 1;
-                }
-                count >= n
-            },
-            timeout,
-        )
-        .await?;
+        let event = self
+            .wait_for(
+                |e| {
+                    if matches!(e, ApiEvent::MessagePosted { conversation_sid: ch, .. } if ch == conversation_sid)
+                    {
+                        count += 1;
+                    }
+                    count >= n
+                },
+                timeout,
+            )
+            .await?;
+        let ApiEvent::MessagePosted { sid, .. } = event else {
+            return None;
+        };
         self.messages(conversation_sid)
-            .get(n.checked_sub(1)?)
-            .cloned()
+            .into_iter()
+            .find(|m| m.sid == sid)
+    }
+
+    /// The participants of a conversation, in the order they joined.
+    pub fn participants(&self, conversation_sid: &str) -> Vec<FakeParticipant> {
+        self.shared
+            .lock()
+            .conversations
+            .get(conversation_sid)
+            .map(|c| c.participants.clone())
+            .unwrap_or_default()
     }
 }
 
 mod routes;
+mod twilio_side;
 
 use routes::*;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::chat::WEBHOOK_PATH;
-    use crate::simulator::chat_customer::{iso8601, ChatCustomer};
-    use crate::twilio::signature;
-    use crate::twilio::{
-        conversations::ConversationsClient,
-        flex::{
-            ChannelProperties, InteractionChannel, InteractionRouting, InteractionsClient,
-            RoutingProperties,
-        },
-        rest::{Rest, RestError},
-    };
-    use secrecy::SecretString;
-    use std::time::UNIX_EPOCH;
-
-    fn rest() -> Rest {
-        Rest::new(
-            "AC123",
-            SecretString::from("token".to_owned()),
-            Duration::from_secs(5),
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn paths_match_by_trailing_segments() {
-        assert!(path_matches("/Messages", "/v1/Conversations/CH1/Messages"));
-        assert!(path_matches("/v1/Conversations/*", "/v1/Conversations/CH1"));
-        assert!(!path_matches(
-            "/v1/Conversations/*",
-            "/v1/Conversations/CH1/Messages"
-        ));
-        assert!(path_matches(
-            "/Webhooks/*",
-            "/v1/Conversations/CH1/Webhooks/WH1"
-        ));
-        assert!(path_matches("/v1/Interactions", "/v1/Interactions"));
-        assert!(!path_matches("/Messages/x", "/Messages"));
-    }
-
-    #[test]
-    fn timestamps_are_utc_iso8601() {
-        let t = UNIX_EPOCH + Duration::from_millis(1_772_446_500_042);
-        assert_eq!(iso8601(t, false), "2026-03-02T10:15:00Z");
-        assert_eq!(iso8601(t, true), "2026-03-02T10:15:00.042Z");
-        assert_eq!(iso8601(UNIX_EPOCH, false), "1970-01-01T00:00:00Z");
-    }
-
-    /// The real clients against the fake: every call they make is answered in a shape they
-    /// read, and the state and events follow.
-    #[tokio::test]
-    async fn the_clients_work_against_the_fake() {
-        let fake = FakeConversationsApi::start().await.unwrap();
-        let wh = fake.add_conversation("CH1", "https://bot.example/conversations/webhook");
-        let client = ConversationsClient::new(&fake.base_url, rest());
-        let mut events = fake.subscribe();
-
-        let sid = client
-            .post_message("CH1", "relaybot", "Hello")
-            .await
-            .unwrap();
-        assert!(sid.starts_with("IM"));
-        let hooks = client.webhooks("CH1").await.unwrap();
-        assert_eq!(hooks.len(), 1);
-        assert_eq!(hooks[0].sid, wh);
-        assert_eq!(
-            hooks[0].configuration.url.as_deref(),
-            Some("https://bot.example/conversations/webhook")
-        );
-        client.delete_webhook("CH1", &wh).await.unwrap();
-        client
-            .delete_webhook("CH1", &wh)
-            .await
-            .expect("a 404 counts as deleted");
-        client
-            .update("CH1", Some(r#"{"handedOff":true}"#), None)
-            .await
-            .unwrap();
-        let conversation = client.fetch("CH1").await.unwrap();
-        assert_eq!(
-            conversation.attributes.as_deref(),
-            Some(r#"{"handedOff":true}"#)
-        );
-        assert_eq!(conversation.state.as_deref(), Some("active"));
-
-        let interactions = InteractionsClient::new(&fake.base_url, rest());
-        let kd = interactions
-            .create(
-                &InteractionChannel {
-                    kind: "web".into(),
-                    initiated_by: "customer".into(),
-                    properties: ChannelProperties {
-                        media_channel_sid: "CH1".into(),
-                    },
-                },
-                &InteractionRouting {
-                    properties: RoutingProperties {
-                        workspace_sid: "WS1".into(),
-                        workflow_sid: Some("WW1".into()),
-                        task_channel_unique_name: "chat".into(),
-                        attributes: json!({"from": "FX1"}),
-                    },
-                },
-            )
-            .await
-            .unwrap();
-        assert!(kd.starts_with("KD"));
-        assert_eq!(fake.interactions()[0].channel_type(), Some("web"));
-        assert_eq!(fake.interactions()[0].task_attributes()["from"], "FX1");
-
-        client.update("CH1", None, Some("closed")).await.unwrap();
-        let refused = client.post_message("CH1", "relaybot", "Still there?").await;
-        assert!(
-            matches!(
-                refused,
-                Err(RestError::Status {
-                    status: 400,
-                    code: Some(50377),
-                    ..
-                })
-            ),
-            "{refused:?}"
-        );
-
-        let mut kinds = Vec::new();
-        while let Ok(event) = events.try_recv() {
-            kinds.push(match event {
-                ApiEvent::MessagePosted { .. } => "message",
-                ApiEvent::WebhookDeleted { .. } => "webhook deleted",
-                ApiEvent::ConversationUpdated { .. } => "updated",
-                ApiEvent::InteractionCreated(_) => "interaction",
-                ApiEvent::Refused { .. } => "refused",
-            });
-        }
-        assert_eq!(
-            kinds,
-            [
-                "message",
-                "webhook deleted",
-                "refused",
-                "updated",
-                "interaction",
-                "updated",
-                "refused"
-            ]
-        );
-        let conversation = fake.conversation("CH1").unwrap();
-        assert!(conversation.is_closed() && conversation.handed_off());
-        assert!(conversation.webhooks.is_empty());
-        assert_eq!(fake.messages("CH1").len(), 1);
-        let requests = fake.requests();
-        assert_eq!(requests.len(), 9);
-        assert_eq!(
-            requests[0].basic_auth(),
-            Some(("AC123".into(), "token".into()))
-        );
-        assert_eq!(requests[0].field("Author"), Some("relaybot"));
-    }
-
-    #[tokio::test]
-    async fn injected_failures_are_served_then_cleared() {
-        let fake = FakeConversationsApi::start().await.unwrap();
-        fake.fail_next(Method::POST, "/Messages", 503, 2);
-        let client = ConversationsClient::new(&fake.base_url, rest());
-        let sid = Rest::with_retries("test", 3, || client.post_message("CH9", "relaybot", "Hi"))
-            .await
-            .unwrap();
-        assert_eq!(fake.messages("CH9")[0].sid, sid);
-        let statuses: Vec<u16> = fake.requests().iter().map(|r| r.status).collect();
-        assert_eq!(statuses, [503, 503, 201]);
-        let posted = fake
-            .wait_for_message("CH9", 1, Duration::from_secs(1))
-            .await
-            .unwrap();
-        assert_eq!(posted.body, "Hi");
-        assert!(fake
-            .wait_for_message("CH9", 2, Duration::from_millis(50))
-            .await
-            .is_none());
-
-        fake.remove_conversation("CH9");
-        assert!(matches!(
-            client.fetch("CH9").await,
-            Err(RestError::Status {
-                status: 404,
-                code: Some(20404),
-                ..
-            })
-        ));
-        fake.require_auth("AC123", "other");
-        assert!(matches!(
-            client.fetch("CH2").await,
-            Err(RestError::Status {
-                status: 401,
-                code: Some(20003),
-                ..
-            })
-        ));
-    }
-
-    /// The customer's deliveries: signed over the signing base, fields as Twilio sends them,
-    /// redeliveries with the same MessageSid and a RetryCount.
-    #[tokio::test]
-    async fn the_customer_signs_and_redelivers() {
-        use axum::routing::post;
-        /// The signature header and the form of each delivery.
-        type Deliveries = Arc<Mutex<Vec<(Option<String>, Vec<(String, String)>)>>>;
-        let seen: Deliveries = Arc::default();
-        let record = seen.clone();
-        let app = Router::new().route(
-            WEBHOOK_PATH,
-            post(move |headers: HeaderMap, body: Bytes| {
-                let record = record.clone();
-                async move {
-                    let sig = headers
-                        .get(signature::HEADER)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned);
-                    let form = serde_urlencoded::from_bytes(&body).unwrap();
-                    record.lock().unwrap().push((sig, form));
-                    StatusCode::OK
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let server = tokio::spawn(async move { axum::serve(listener, app).await });
-
-        let mut customer = ChatCustomer::new(
-            &base,
-            "https://pub.example",
-            Some("secret".into()),
-            "CH1",
-            "FXabc",
-            "WH1",
-        );
-        assert_eq!(customer.conversation_added().await.unwrap(), StatusCode::OK);
-        let (status, sid) = customer.send("Hello").await.unwrap();
-        assert_eq!(status, StatusCode::OK);
-        customer.send_media_only().await.unwrap();
-        customer.redeliver(&sid).await.unwrap();
-        assert!(customer.redeliver("IMnope").await.is_err());
-        server.abort();
-
-        let seen = seen.lock().unwrap().clone();
-        assert_eq!(seen.len(), 4);
-        for (sig, form) in &seen {
-            assert_eq!(
-                sig.as_deref(),
-                Some(
-                    signature::sign("secret", "https://pub.example/conversations/webhook", form)
-                        .as_str()
-                )
-            );
-        }
-        let get = |i: usize, name: &str| {
-            seen[i]
-                .1
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        };
-        assert_eq!(get(0, "EventType").as_deref(), Some("onConversationAdded"));
-        assert_eq!(get(0, "WebhookSid"), None);
-        assert_eq!(get(1, "EventType").as_deref(), Some("onMessageAdded"));
-        assert_eq!(get(1, "Index").as_deref(), Some("0"));
-        assert_eq!(get(1, "WebhookSid").as_deref(), Some("WH1"));
-        assert_eq!(get(1, "ClientIdentity").as_deref(), Some("FXabc"));
-        assert_eq!(get(1, "RetryCount"), None);
-        assert_eq!(get(2, "Index").as_deref(), Some("1"));
-        assert_eq!(get(2, "Body").as_deref(), Some(""));
-        assert!(get(2, "Media").unwrap().contains("image/jpeg"));
-        assert_eq!(get(3, "MessageSid"), Some(sid));
-        assert_eq!(get(3, "RetryCount").as_deref(), Some("1"));
-    }
-}
+mod tests;

@@ -3,6 +3,30 @@
 use super::*;
 use crate::simulator::chat_customer::iso8601;
 
+/// The `chat_service_sid` of every conversation (the account's default Conversations service).
+pub(super) const CHAT_SERVICE_SID: &str = "IS00000000000000000000000000000000";
+/// The `messaging_service_sid` of every conversation.
+pub(super) const MESSAGING_SERVICE_SID: &str = "MG00000000000000000000000000000000";
+/// The `role_sid` of every participant (the service's default participant role).
+pub(super) const PARTICIPANT_ROLE_SID: &str = "RL00000000000000000000000000000000";
+
+/// Twilio's limit on conversation-scoped webhooks per conversation.
+const MAX_WEBHOOKS: usize = 5;
+
+/// The events a conversation-scoped webhook may subscribe to (`Configuration.Filters`).
+const WEBHOOK_FILTERS: [&str; 10] = [
+    "onMessageAdded",
+    "onMessageUpdated",
+    "onMessageRemoved",
+    "onConversationUpdated",
+    "onConversationStateUpdated",
+    "onConversationRemoved",
+    "onParticipantAdded",
+    "onParticipantUpdated",
+    "onParticipantRemoved",
+    "onDeliveryUpdated",
+];
+
 pub(super) fn default_code(status: u16) -> u32 {
     match status {
         401 => 20003,
@@ -122,6 +146,23 @@ fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// Every value of form field `name` (a repeated key is how Twilio's forms send an array).
+fn fields<'a>(form: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    form.iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// The `Attributes` field checked: `"{}"` when absent, an error when it is not JSON.
+fn attributes_field(form: &[(String, String)]) -> Result<String, Answer> {
+    match field(form, "Attributes") {
+        None => Ok("{}".into()),
+        Some(text) if serde_json::from_str::<Value>(text).is_ok() => Ok(text.to_owned()),
+        Some(_) => Err(error(400, 20001, "Invalid Attributes: not a JSON document")),
+    }
+}
+
 fn answer(
     shared: &Shared,
     inner: &mut Inner,
@@ -156,6 +197,10 @@ fn answer(
     match segments.as_slice() {
         ["v1", "Interactions"] if method == Method::POST => create_interaction(shared, inner, form),
         ["v1", "Interactions"] => method_not_allowed(),
+        ["v1", "Conversations"] if method == Method::POST => {
+            create_conversation(shared, inner, form)
+        }
+        ["v1", "Conversations"] => method_not_allowed(),
         ["v1", "Conversations", ch, rest @ ..] => {
             if inner.removed.contains(*ch) {
                 return error(
@@ -177,12 +222,18 @@ fn answer(
                 ),
                 ([], "POST") => update_conversation(conversation, form, base, account),
                 (["Messages"], "POST") => post_message(conversation, form, base, account),
+                (["Participants"], "POST") => add_participant(conversation, form, base, account),
+                (["Participants"], "GET") => (
+                    Answer::Json(200, participants_json(conversation, base, account)),
+                    None,
+                ),
+                (["Webhooks"], "POST") => create_webhook(conversation, form, base, account),
                 (["Webhooks"], "GET") => (
                     Answer::Json(200, webhooks_json(conversation, base, account)),
                     None,
                 ),
                 (["Webhooks", wh], "DELETE") => delete_webhook(conversation, wh),
-                ([] | ["Messages"] | ["Webhooks"] | ["Webhooks", _], _) => {
+                ([] | ["Messages"] | ["Participants"] | ["Webhooks"] | ["Webhooks", _], _) => {
                     (method_not_allowed(), None)
                 }
                 _ => (not_found(path), None),
@@ -214,6 +265,179 @@ fn closed() -> Answer {
         50377,
         "Can't update conversation as it's in final closed state",
     )
+}
+
+/// Twilio's limit on `FriendlyName` and `Identity`.
+const MAX_NAME_CHARS: usize = 256;
+
+fn create_conversation(shared: &Shared, inner: &mut Inner, form: &[(String, String)]) -> Answer {
+    let attributes = match attributes_field(form) {
+        Ok(attributes) => attributes,
+        Err(answer) => return answer,
+    };
+    let friendly_name = field(form, "FriendlyName").unwrap_or_default();
+    if friendly_name.chars().count() > MAX_NAME_CHARS {
+        return error(
+            400,
+            20001,
+            format!("Invalid FriendlyName: over {MAX_NAME_CHARS} characters"),
+        );
+    }
+    let state = match field(form, "State") {
+        None if form.iter().any(|(k, _)| k.starts_with("Timers.")) => {
+            return error(400, 50382, "Timer can't be set without state");
+        }
+        None => "active",
+        Some(state @ ("active" | "inactive")) => state,
+        Some("closed") => {
+            return error(400, 50384, "Conversation can't be created in closed state");
+        }
+        Some(state) => return error(400, 20001, format!("Invalid State: {state}")),
+    };
+    let sid = new_sid("CH");
+    let mut conversation = FakeConversation::new(&sid);
+    conversation.friendly_name = friendly_name.to_owned();
+    conversation.attributes = attributes;
+    conversation.state = state.to_owned();
+    let body = conversation_json(&conversation, &shared.base_url, &shared.account_sid);
+    let event = ApiEvent::ConversationCreated {
+        conversation_sid: sid.clone(),
+        friendly_name: conversation.friendly_name.clone(),
+        attributes: conversation.attributes.clone(),
+    };
+    inner.conversations.insert(sid, conversation);
+    shared.emit(inner, event);
+    Answer::Json(201, body)
+}
+
+fn add_participant(
+    conversation: &mut FakeConversation,
+    form: &[(String, String)],
+    base: &str,
+    account: &str,
+) -> (Answer, Option<ApiEvent>) {
+    if conversation.is_closed() {
+        return (closed(), None);
+    }
+    let Some(identity) = field(form, "Identity").filter(|i| !i.is_empty()) else {
+        let message = if field(form, "MessagingBinding.Address").is_some() {
+            "The fake adds chat participants only (Identity), not MessagingBinding.Address"
+        } else {
+            "Missing required parameter Identity in the post body"
+        };
+        return (error(400, 20001, message), None);
+    };
+    if identity.chars().count() > MAX_NAME_CHARS {
+        return (
+            error(
+                400,
+                20001,
+                format!("Invalid Identity: over {MAX_NAME_CHARS} characters"),
+            ),
+            None,
+        );
+    }
+    let attributes = match attributes_field(form) {
+        Ok(attributes) => attributes,
+        Err(answer) => return (answer, None),
+    };
+    if conversation.participant(identity).is_some() {
+        return (error(409, 50433, "Participant already exists"), None);
+    }
+    let participant = FakeParticipant {
+        sid: new_sid("MB"),
+        identity: identity.to_owned(),
+        attributes,
+    };
+    let body = participant_json(conversation, &participant, base, account);
+    let event = ApiEvent::ParticipantAdded {
+        conversation_sid: conversation.sid.clone(),
+        identity: participant.identity.clone(),
+        attributes: participant.attributes.clone(),
+    };
+    conversation.participants.push(participant);
+    (Answer::Json(201, body), Some(event))
+}
+
+fn create_webhook(
+    conversation: &mut FakeConversation,
+    form: &[(String, String)],
+    base: &str,
+    account: &str,
+) -> (Answer, Option<ApiEvent>) {
+    if conversation.is_closed() {
+        return (closed(), None);
+    }
+    let target = match field(form, "Target") {
+        Some(target @ ("webhook" | "trigger" | "studio")) => target,
+        Some(target) => return (error(400, 20001, format!("Invalid Target: {target}")), None),
+        None => {
+            return (
+                error(
+                    400,
+                    20001,
+                    "Missing required parameter Target in the post body",
+                ),
+                None,
+            )
+        }
+    };
+    let url = field(form, "Configuration.Url").unwrap_or_default();
+    let method = field(form, "Configuration.Method").unwrap_or("POST");
+    let filters = fields(form, "Configuration.Filters");
+    if target == "webhook" {
+        if url.is_empty() {
+            return (error(400, 50369, "Missing URL for a webhook target"), None);
+        }
+        if filters.is_empty() {
+            return (
+                error(400, 50370, "Missing filters for a webhook target"),
+                None,
+            );
+        }
+        if let Some(bad) = filters.iter().find(|f| !WEBHOOK_FILTERS.contains(f)) {
+            return (
+                error(400, 50365, format!("Invalid webhook filter: {bad}")),
+                None,
+            );
+        }
+    }
+    if !method.eq_ignore_ascii_case("GET") && !method.eq_ignore_ascii_case("POST") {
+        return (
+            error(
+                400,
+                20001,
+                format!("Invalid Configuration.Method: {method}"),
+            ),
+            None,
+        );
+    }
+    if conversation.webhooks.len() >= MAX_WEBHOOKS {
+        return (
+            error(
+                400,
+                50361,
+                format!("Too many conversation webhooks (at most {MAX_WEBHOOKS})"),
+            ),
+            None,
+        );
+    }
+    let webhook = FakeWebhook {
+        sid: new_sid("WH"),
+        target: target.to_owned(),
+        url: url.to_owned(),
+        method: method.to_owned(),
+        filters: filters.iter().map(|f| (*f).to_owned()).collect(),
+    };
+    let body = webhook_json(conversation, &webhook, base, account);
+    let event = ApiEvent::WebhookCreated {
+        conversation_sid: conversation.sid.clone(),
+        webhook_sid: webhook.sid.clone(),
+        url: webhook.url.clone(),
+        filters: webhook.filters.clone(),
+    };
+    conversation.webhooks.push(webhook);
+    (Answer::Json(201, body), Some(event))
 }
 
 fn update_conversation(
@@ -414,9 +638,10 @@ fn conversation_json(conversation: &FakeConversation, base: &str, account: &str)
     json!({
         "sid": conversation.sid,
         "account_sid": account,
-        "chat_service_sid": "IS00000000000000000000000000000000",
-        "messaging_service_sid": "MG00000000000000000000000000000000",
-        "friendly_name": null,
+        "chat_service_sid": CHAT_SERVICE_SID,
+        "messaging_service_sid": MESSAGING_SERVICE_SID,
+        "friendly_name": (!conversation.friendly_name.is_empty())
+            .then_some(conversation.friendly_name.as_str()),
         "unique_name": null,
         "attributes": conversation.attributes,
         "state": conversation.state,
@@ -433,26 +658,57 @@ fn conversation_json(conversation: &FakeConversation, base: &str, account: &str)
     })
 }
 
-fn webhooks_json(conversation: &FakeConversation, base: &str, account: &str) -> Value {
-    let url = format!("{base}/v1/Conversations/{}/Webhooks", conversation.sid);
-    let webhooks: Vec<Value> = conversation
-        .webhooks
-        .iter()
-        .map(|w| {
-            json!({
-                "sid": w.sid,
-                "account_sid": account,
-                "conversation_sid": conversation.sid,
-                "target": w.target,
-                "configuration": { "url": w.url, "method": w.method, "filters": w.filters },
-                "date_created": "2026-01-01T00:00:00Z",
-                "date_updated": "2026-01-01T00:00:00Z",
-                "url": format!("{url}/{}", w.sid),
-            })
-        })
-        .collect();
+fn webhook_json(
+    conversation: &FakeConversation,
+    webhook: &FakeWebhook,
+    base: &str,
+    account: &str,
+) -> Value {
     json!({
-        "webhooks": webhooks,
+        "sid": webhook.sid,
+        "account_sid": account,
+        "conversation_sid": conversation.sid,
+        "target": webhook.target,
+        "configuration": {
+            "url": webhook.url,
+            "method": webhook.method,
+            "filters": webhook.filters,
+        },
+        "date_created": "2026-01-01T00:00:00Z",
+        "date_updated": "2026-01-01T00:00:00Z",
+        "url": format!("{base}/v1/Conversations/{}/Webhooks/{}", conversation.sid, webhook.sid),
+    })
+}
+
+fn participant_json(
+    conversation: &FakeConversation,
+    participant: &FakeParticipant,
+    base: &str,
+    account: &str,
+) -> Value {
+    json!({
+        "sid": participant.sid,
+        "account_sid": account,
+        "conversation_sid": conversation.sid,
+        "identity": participant.identity,
+        "attributes": participant.attributes,
+        "messaging_binding": null,
+        "role_sid": PARTICIPANT_ROLE_SID,
+        "date_created": "2026-01-01T00:00:00Z",
+        "date_updated": "2026-01-01T00:00:00Z",
+        "url": format!(
+            "{base}/v1/Conversations/{}/Participants/{}",
+            conversation.sid, participant.sid
+        ),
+        "last_read_message_index": null,
+        "last_read_timestamp": null,
+    })
+}
+
+/// A first (and only) page of a list: `{key: items, "meta": {…}}`.
+fn page(key: &str, items: Vec<Value>, url: &str) -> Value {
+    json!({
+        key: items,
         "meta": {
             "page": 0,
             "page_size": 50,
@@ -460,7 +716,27 @@ fn webhooks_json(conversation: &FakeConversation, base: &str, account: &str) -> 
             "previous_page_url": null,
             "url": format!("{url}?PageSize=50&Page=0"),
             "next_page_url": null,
-            "key": "webhooks",
+            "key": key,
         },
     })
+}
+
+fn participants_json(conversation: &FakeConversation, base: &str, account: &str) -> Value {
+    let url = format!("{base}/v1/Conversations/{}/Participants", conversation.sid);
+    let items = conversation
+        .participants
+        .iter()
+        .map(|p| participant_json(conversation, p, base, account))
+        .collect();
+    page("participants", items, &url)
+}
+
+fn webhooks_json(conversation: &FakeConversation, base: &str, account: &str) -> Value {
+    let url = format!("{base}/v1/Conversations/{}/Webhooks", conversation.sid);
+    let items = conversation
+        .webhooks
+        .iter()
+        .map(|w| webhook_json(conversation, w, base, account))
+        .collect();
+    page("webhooks", items, &url)
 }
