@@ -79,6 +79,8 @@ pub(super) async fn escalate(
     })
     .await
     .map_err(step("creating the conversation"))?;
+    // Its events are this visitor's from now on (an agent could be quick).
+    state.claim(&conversation_sid, visitor);
     let rest_of_it = async {
         let participant = json!({"friendlyName": "Website visitor"}).to_string();
         Rest::with_create_retries("adding the visitor", ATTEMPTS, || {
@@ -153,6 +155,7 @@ pub(super) async fn escalate(
             Ok(conversation_sid)
         }
         Err(error) => {
+            state.unclaim(&conversation_sid);
             // Nothing half-made is left behind for an agent to find.
             let closed = Rest::with_retries("closing the unused conversation", ATTEMPTS, || {
                 conversations.update(&conversation_sid, None, Some("closed"))

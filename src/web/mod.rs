@@ -288,6 +288,11 @@ impl WebState {
             .insert(conversation_sid.to_owned(), visitor.to_owned());
     }
 
+    /// `conversation_sid` is no longer anyone's (its escalation failed).
+    fn unclaim(&self, conversation_sid: &str) {
+        self.lock().by_conversation.remove(conversation_sid);
+    }
+
     /// The visitor's task is over: forget it (and its conversation).
     fn remove(&self, visitor: &str) {
         let mut visitors = self.lock();

@@ -297,7 +297,6 @@ impl Visitor {
                     "created",
                     asked.map(|a| a.elapsed()),
                 );
-                self.state.claim(&conversation_sid, &self.visitor());
                 self.conversation_sid = Some(conversation_sid);
                 self.set_phase(Phase::Live, None);
                 self.notice("You're in the queue for an agent. They'll see this conversation.");
