@@ -24,9 +24,9 @@
 //! | `relaybot_tool_calls_total` | counter | `tool`, `outcome` (`ok`/`error`) | tool calls |
 //! | `relaybot_handoffs_total` | counter | `path`, `outcome` | handoffs and ends carried out |
 //! | `relaybot_model_errors_total` | counter | `kind` | model failures (a retried one included) |
-//! | `relaybot_refusals_total` | counter | `reason` (`signature`, `call_token`) | requests refused before anything ran |
+//! | `relaybot_refusals_total` | counter | `reason` (`signature`, `call_token`, `origin`) | requests refused before anything ran |
 //! | `relaybot_calls_turned_away_total` | counter | `reason` (`capacity`, `draining`) | callers who got the at-capacity line |
-//! | `relaybot_chats_live` | gauge | | chat conversations with a live task now |
+//! | `relaybot_chats_live` | gauge | | chat conversations (Conversations and the web widget) with a live task now |
 //! | `relaybot_chat_events_total` | counter | `outcome` | Conversations webhook events, by what became of them |
 
 use std::{
@@ -167,7 +167,8 @@ pub fn turned_away(reason: &'static str) {
 /// A Conversations webhook event and what became of it: `queued` (to its conversation),
 /// `started` (a new conversation task), `retry` (a repeated `MessageSid`), `handed_off`,
 /// `ours` (the bot's own message), `full` (the conversation's queue), `capacity`
-/// (`CHAT_MAX_CONVERSATIONS`), `ignored` (an event relaybot does not act on).
+/// (`CHAT_MAX_CONVERSATIONS`), `draining`, `ignored` (an event relaybot does not act on); and
+/// `widget_started` for a new web widget visitor.
 pub fn chat_event(outcome: &'static str) {
     counter!("relaybot_chat_events_total", "outcome" => outcome).increment(1);
 }
