@@ -267,11 +267,15 @@
   }
 
   function renderControls() {
-    input.disabled = closed;
-    sendBtn.disabled = closed;
-    endBtn.disabled = closed;
-    restartBtn.hidden = !closed;
-    input.placeholder = closed ? 'This chat has ended' : PLACEHOLDER;
+    // Showing or hiding the "Start a new chat" row changes the list's height: keep the newest
+    // line (the "chat has ended" notice) in view.
+    keepScrolled(() => {
+      input.disabled = closed;
+      sendBtn.disabled = closed;
+      endBtn.disabled = closed;
+      restartBtn.hidden = !closed;
+      input.placeholder = closed ? 'This chat has ended' : PLACEHOLDER;
+    }, closed);
   }
 
   // ---- Protocol: server -> widget --------------------------------------------------------------
