@@ -20,12 +20,14 @@ use crate::twilio::twiml::LanguageElement;
 
 mod bots;
 mod chat;
+mod connect;
 mod relay;
 
 use relay::{check, relay_config, Check};
 
 pub use bots::{LexConfig, WatsonConfig, DEFAULT_WATSON_IAM_URL, DEFAULT_WATSON_VERSION};
 pub use chat::{ChatConfig, DEFAULT_CHAT_SYSTEM_PROMPT};
+pub use connect::ConnectConfig;
 
 /// A setting that stops the server at start.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -189,6 +191,8 @@ pub struct Config {
     pub relay: RelayConfig,
     /// The chat channel (Twilio Conversations).
     pub chat: ChatConfig,
+    /// The Amazon Connect channel (the Lex V2 code hook).
+    pub connect: ConnectConfig,
 }
 
 /// Request signatures and per-call tokens.
@@ -731,6 +735,7 @@ impl Config {
 
         let relay = relay_config(vars, welcome_greeting.as_deref())?;
         let chat = chat::read(vars, &limits)?;
+        let connect = connect::read(vars, host)?;
         Ok(Config {
             host,
             port,
@@ -749,6 +754,7 @@ impl Config {
             limits,
             relay,
             chat,
+            connect,
         })
     }
 

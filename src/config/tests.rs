@@ -125,10 +125,35 @@ fn signatures_follow_the_token_and_the_bind() {
     assert_eq!(public.var, "TWILIO_AUTH_TOKEN");
     assert!(public.problem.contains("TWILIO_VALIDATE_SIGNATURES=false"));
     assert!(
-        !config(&[("HOST", "0.0.0.0"), ("TWILIO_VALIDATE_SIGNATURES", "false")])
-            .unwrap()
-            .security
-            .validate_signatures
+        !config(&[
+            ("HOST", "0.0.0.0"),
+            ("TWILIO_VALIDATE_SIGNATURES", "false"),
+            ("LEX_VALIDATE_SIGNATURES", "false")
+        ])
+        .unwrap()
+        .security
+        .validate_signatures
+    );
+    // The Lex code hook's signature follows the same rule.
+    let lex = config(&[("HOST", "0.0.0.0"), ("TWILIO_VALIDATE_SIGNATURES", "false")]).unwrap_err();
+    assert_eq!(lex.var, "LEX_SHARED_SECRET");
+    assert!(lex.problem.contains("LEX_VALIDATE_SIGNATURES=false"));
+    let signed = config(&[
+        ("HOST", "0.0.0.0"),
+        ("TWILIO_VALIDATE_SIGNATURES", "false"),
+        ("LEX_SHARED_SECRET", "0123456789abcdef"),
+    ])
+    .unwrap();
+    assert!(signed.connect.validate_signatures);
+    assert_eq!(
+        config(&[("LEX_SHARED_SECRET", "short")]).unwrap_err().var,
+        "LEX_SHARED_SECRET"
+    );
+    assert_eq!(
+        config(&[("LEX_VALIDATE_SIGNATURES", "true")])
+            .unwrap_err()
+            .var,
+        "LEX_SHARED_SECRET"
     );
     assert_eq!(
         config(&[("HOST", "0.0.0.0"), ("TWILIO_AUTH_TOKEN", "t")])
