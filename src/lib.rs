@@ -26,6 +26,7 @@ pub mod agent;
 pub mod bench;
 pub mod chat;
 pub mod config;
+pub mod connect;
 pub mod conversation;
 pub mod handoff;
 pub mod http;
