@@ -265,6 +265,9 @@ pub enum HandoffPath {
     FlexInteraction,
     /// A chat whose Studio flow hands it to Flex (`send-to-flex`).
     StudioChat,
+    /// An Amazon Connect contact handed back to its contact flow (Lex `Close` with
+    /// `shouldRouteToAgent`), which transfers it to a queue.
+    ConnectQueue,
 }
 
 /// The story of a handed-off call or chat, for the human agent (`GET /calls/{callSid}/handoff`,

@@ -30,6 +30,8 @@ pub mod connect;
 pub mod conversation;
 pub mod handoff;
 pub mod http;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 pub mod relay;
 pub mod security;
 pub mod simulator;

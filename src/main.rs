@@ -1,6 +1,7 @@
 //! The `relaybot` binary: `relaybot` (or `relaybot serve`) runs the server; `relaybot call`
 //! rings it from the terminal; `relaybot chat` writes to it as a Twilio Conversations customer;
-//! `relaybot bench` measures it. Everything else lives in the library.
+//! `relaybot bench` measures it; `relaybot lambda` (built with `--features lambda`) is the AWS
+//! Lambda that Amazon Lex V2 calls as its code hook. Everything else lives in the library.
 
 use std::{process::ExitCode, time::Duration};
 
@@ -41,6 +42,13 @@ enum Command {
     /// Measure the server: relay overhead per token, CPU time and memory per call, under
     /// simulated Twilio calls and a fake model that streams at a set rate.
     Bench(relaybot::bench::BenchOptions),
+    /// Run as the AWS Lambda that Amazon Lex V2 calls as its code hook (a build with
+    /// `--features lambda`).
+    ///
+    /// Answers Lex's events in-process, or forwards them signed to LEX_FORWARD_URL. A Lambda
+    /// build started with no subcommand inside Lambda (AWS_LAMBDA_RUNTIME_API set), as a
+    /// `bootstrap` is, runs this too.
+    Lambda,
 }
 
 #[derive(Args)]
@@ -159,9 +167,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     if let Some(Command::Bench(options)) = cli.command {
         return bench(options);
+    }
+    let in_lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some_and(|v| !v.is_empty());
+    if cfg!(feature = "lambda") {
+        // Lambda runs the `bootstrap` executable without arguments.
+        if in_lambda && cli.command.is_none() {
+            cli.command = Some(Command::Lambda);
+        }
+    } else if matches!(cli.command, Some(Command::Lambda)) {
+        eprintln!(
+            "relaybot: this binary was built without Lambda support; build it with the `lambda` feature: `cargo build --release --features lambda` (or `cargo lambda build --release --features lambda` for a Lambda bootstrap)"
+        );
+        return ExitCode::from(2);
+    } else if in_lambda && cli.command.is_none() {
+        eprintln!(
+            "relaybot: AWS_LAMBDA_RUNTIME_API is set, but this binary was built without Lambda support, so it runs the HTTP server; build it with `--features lambda` to answer Lex events (or start it as `relaybot serve` to silence this)"
+        );
     }
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -202,7 +226,7 @@ fn bench(options: relaybot::bench::BenchOptions) -> ExitCode {
     }
 }
 
-/// `serve`, `call` and `chat`, on the multi-threaded runtime.
+/// `serve`, `call`, `chat` and `lambda`, on the multi-threaded runtime.
 async fn run(cli: Cli) -> ExitCode {
     let is_simulator = matches!(cli.command, Some(Command::Call(_) | Command::Chat(_)));
     init_tracing(if is_simulator {
@@ -222,6 +246,7 @@ async fn run(cli: Cli) -> ExitCode {
         Some(Command::Call(args)) => call(config, args).await,
         Some(Command::Chat(args)) => chat(config, args).await,
         Some(Command::Bench(_)) => unreachable!("bench runs on its own runtime"),
+        Some(Command::Lambda) => return lambda(config).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -230,6 +255,29 @@ async fn run(cli: Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `relaybot lambda`: the Lambda runtime loop, until it fails.
+#[cfg(feature = "lambda")]
+async fn lambda(config: Config) -> ExitCode {
+    use relaybot::lambda::LambdaError;
+    match relaybot::lambda::run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("relaybot: {e}");
+            match e {
+                LambdaError::Config(_) | LambdaError::NotInLambda(_) => ExitCode::from(2),
+                LambdaError::Setup(_) | LambdaError::Runtime(_) => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+/// Without the `lambda` feature `main` refuses `relaybot lambda` before this.
+#[cfg(not(feature = "lambda"))]
+async fn lambda(_config: Config) -> ExitCode {
+    eprintln!("relaybot: this binary was built without Lambda support (the `lambda` feature)");
+    ExitCode::from(2)
 }
 
 async fn serve(config: Config) -> Result<(), String> {

@@ -6,6 +6,8 @@
 //! | `GET /ws` | The Conversation Relay WebSocket; one [`crate::relay::session`] per call |
 //! | `POST /action` | `<Connect action>` callback when a session ends: hand off, hang up, … |
 //! | `GET /calls/{callSid}/handoff` | The handoff record for the human agent (bearer `API_TOKEN`) |
+//! | `POST /lex/v2` | The Amazon Connect Lex V2 code hook, through a Lambda ([`crate::connect`]) |
+//! | `GET /lex/v2/{sessionId}/handoff` | A Connect handoff's record (bearer `API_TOKEN`) |
 //! | `GET /healthz` | Liveness: `ok` |
 //! | `GET /metrics` | Prometheus metrics ([`crate::telemetry`]); bearer `API_TOKEN` when set |
 //!
@@ -19,6 +21,7 @@
 //! runs ([`crate::security`]); the upgrade also needs the call token `/twiml` minted.
 
 mod chat;
+mod connect;
 mod voice;
 mod web;
 
@@ -85,6 +88,8 @@ pub struct AppState {
     pub chat: ChatState,
     /// The web chat widget.
     pub web: crate::web::WebState,
+    /// The Amazon Connect channel (the Lex V2 code hook).
+    pub connect: crate::connect::ConnectState,
     /// Cancelled when calls must stop at once (after the drain); always after `wrap_up`.
     pub calls_cancel: CancellationToken,
     /// Cancelled when a shutdown starts: no new calls.
@@ -122,6 +127,8 @@ impl AppState {
     ) -> Result<Self, String> {
         let human_available =
             config.handoff.workflow_sid.is_some() || config.handoff.studio_flow_url.is_some();
+        // Connect's agents: the voice brain, and the chat brain that may always hand off.
+        let connect_brains = (voice.clone(), chat_agents.studio.clone());
         let voice = Arc::new(Persona::voice(&config, voice, human_available));
         let route = match (
             &config.handoff.studio_flow_url,
@@ -154,6 +161,12 @@ impl AppState {
         let tracker = TaskTracker::new();
         let draining = CancellationToken::new();
         let chat = ChatState::new(config.clone(), chat_agents, draining.clone())?;
+        let connect = crate::connect::ConnectState::new(
+            config.clone(),
+            connect_brains.0,
+            connect_brains.1,
+            chat.clone(),
+        );
         let local_base = Arc::new(OnceLock::new());
         let web = crate::web::WebState::new(
             chat.clone(),
@@ -172,6 +185,7 @@ impl AppState {
             config,
             chat,
             web,
+            connect,
             voice,
             handoff: Arc::new(handoff),
             tracker,
@@ -232,6 +246,13 @@ pub fn app(state: AppState) -> Router {
             "/conversations/{conversation_sid}/handoff",
             get(chat::handoff_record),
         )
+        .route(
+            "/lex/v2",
+            axum::routing::post(connect::code_hook).layer(axum::extract::DefaultBodyLimit::max(
+                crate::connect::MAX_BODY_BYTES,
+            )),
+        )
+        .route("/lex/v2/{session_id}/handoff", get(connect::handoff_record))
         .route("/widget.js", get(web::widget_js))
         .route("/widget.css", get(web::widget_css))
         .route("/chat", get(web::chat_page))
@@ -432,6 +453,7 @@ async fn drain(state: &AppState) {
     let chat_deadline = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
     state.chat.drain(chat_deadline).await;
     state.web.drain(chat_deadline).await;
+    state.connect.drain(chat_deadline).await;
     if live > 0 {
         // Twilio requests the action URL right after a session ends (handoffs!).
         tokio::time::sleep(ACTION_GRACE).await;

@@ -11,6 +11,7 @@ mod capacity;
 mod chat;
 mod chat_rest;
 mod cli;
+mod connect;
 mod handoff;
 mod lex;
 mod metrics;
