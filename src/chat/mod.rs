@@ -240,19 +240,13 @@ impl ChatState {
     /// Waits for the conversation tasks to finish (idle ones leave as soon as the drain starts;
     /// busy ones after their turn) until `deadline`, then stops them.
     pub async fn drain(&self, deadline: tokio::time::Instant) {
-        let tracker = &self.inner.tracker;
-        tracker.close();
-        if tokio::time::timeout_at(deadline, tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                live = tracker.len(),
-                "drain time is up; stopping the chat conversations still busy"
-            );
-            self.inner.stop.cancel();
-            tracker.wait().await;
-        }
+        crate::conversation::drain_sessions(
+            &self.inner.tracker,
+            &self.inner.stop,
+            deadline,
+            "chat conversations",
+        )
+        .await;
     }
 
     /// Whether chat handoffs can reach Flex (a workspace, a workflow and credentials are set).

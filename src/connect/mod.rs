@@ -337,19 +337,13 @@ impl ConnectState {
     /// Waits for the session tasks (idle ones leave when the drain starts; busy ones after their
     /// turn, or after delivering an answer they owe) until `deadline`, then stops them.
     pub async fn drain(&self, deadline: tokio::time::Instant) {
-        let tracker = &self.inner.tracker;
-        tracker.close();
-        if tokio::time::timeout_at(deadline, tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                live = tracker.len(),
-                "drain time is up; stopping the Lex sessions still busy"
-            );
-            self.inner.stop.cancel();
-            tracker.wait().await;
-        }
+        crate::conversation::drain_sessions(
+            &self.inner.tracker,
+            &self.inner.stop,
+            deadline,
+            "Lex sessions",
+        )
+        .await;
     }
 
     /// The customer's input in `event`: words, or keys as "The caller pressed N." (never

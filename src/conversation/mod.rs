@@ -647,3 +647,26 @@ pub fn spaced(before: &str, line: &str) -> String {
         format!(" {line}")
     }
 }
+
+/// A transport's drain: no new tasks on `tracker`; wait for those running (idle conversations
+/// leave when the drain starts, busy ones after their turn) until `deadline`; then cancel
+/// `stop`, which every task of the transport watches, and wait for them to end.
+pub async fn drain_sessions(
+    tracker: &tokio_util::task::TaskTracker,
+    stop: &tokio_util::sync::CancellationToken,
+    deadline: Instant,
+    what: &str,
+) {
+    tracker.close();
+    if tokio::time::timeout_at(deadline, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            live = tracker.len(),
+            "drain time is up; stopping the {what} still busy"
+        );
+        stop.cancel();
+        tracker.wait().await;
+    }
+}

@@ -319,17 +319,13 @@ impl WebState {
     /// Waits for the visitors' tasks (they end when the drain starts, after any turn in
     /// flight) until `deadline`.
     pub async fn drain(&self, deadline: tokio::time::Instant) {
-        let tracker = &self.inner.tracker;
-        tracker.close();
-        if tokio::time::timeout_at(deadline, tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                live = tracker.len(),
-                "widget chats still busy at the end of the drain"
-            );
-        }
+        crate::conversation::drain_sessions(
+            &self.inner.tracker,
+            self.inner.chat.stopping(),
+            deadline,
+            "widget chats",
+        )
+        .await;
     }
 }
 
