@@ -40,8 +40,10 @@ pub(super) async fn conversations_webhook(
         .as_deref()
         .is_some_and(|ch| state.web.owns(ch))
     {
-        state.web.accept(&event);
-        return StatusCode::OK;
+        return match state.web.accept(&event) {
+            Ok(()) => StatusCode::OK,
+            Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
     }
     match state.chat.accept(event) {
         Ok(()) => StatusCode::OK,

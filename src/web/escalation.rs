@@ -68,6 +68,9 @@ pub(super) async fn escalate(
     let bot = chat.settings().chat.bot_author.clone();
     let attributes = json!({
         "source": "relaybot-web",
+        // A person's conversation from the start: should its events ever reach the
+        // Conversations chat channel (this visitor's task gone), the bot leaves it alone.
+        "handedOff": true,
         "visitorId": visitor,
         "handoff_reason": data.reason,
         "summary": data.summary,

@@ -51,7 +51,11 @@ enum Input {
 #[derive(Debug, Clone, PartialEq)]
 enum TwilioEvent {
     /// A message (the agent's, unless its author is the visitor or the bot).
-    Message { author: String, body: String },
+    Message {
+        sid: String,
+        author: String,
+        body: String,
+    },
     /// Someone joined (`Identity`, and a friendly name from its attributes when there is one).
     Joined { identity: String, name: String },
     /// Someone left.
@@ -211,9 +215,13 @@ impl WebState {
     }
 
     /// Takes a (verified) webhook event of an escalated conversation.
-    pub fn accept(&self, event: &ConversationEvent) {
+    ///
+    /// # Errors
+    /// [`Refused::Capacity`] when the visitor's queue is full: the webhook answers 503 so
+    /// Twilio delivers it again (a redelivered message is shown once).
+    pub fn accept(&self, event: &ConversationEvent) -> Result<(), Refused> {
         let Some(conversation_sid) = event.conversation_sid.as_deref() else {
-            return;
+            return Ok(());
         };
         let find = |name: &str| crate::twilio::webhooks::find(&event.params, name);
         let name_of = |identity: &str| {
@@ -231,6 +239,7 @@ impl WebState {
         };
         let twilio = match event.event_type.as_deref() {
             Some("onMessageAdded") => TwilioEvent::Message {
+                sid: event.message_sid.clone().unwrap_or_default(),
                 author: event.author.clone().unwrap_or_default(),
                 body: event.body.clone().unwrap_or_default(),
             },
@@ -254,7 +263,7 @@ impl WebState {
             Some("onConversationRemoved") => TwilioEvent::Closed,
             other => {
                 tracing::debug!(event_type = ?other, "a widget conversation event relaybot does not act on");
-                return;
+                return Ok(());
             }
         };
         let tx = {
@@ -266,18 +275,30 @@ impl WebState {
                 .cloned()
         };
         match tx {
-            Some(tx) => {
-                if tx.try_send(Input::Twilio(twilio)).is_err() {
+            Some(tx) => match tx.try_send(Input::Twilio(twilio)) {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => {
                     tracing::warn!(
                         conversation_sid,
-                        "the visitor's queue is full or gone; Twilio event dropped"
+                        "the visitor's queue is full; asking Twilio to deliver again"
                     );
+                    Err(Refused::Capacity)
                 }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    tracing::info!(
+                        conversation_sid,
+                        "an event for a widget visitor who just left"
+                    );
+                    Ok(())
+                }
+            },
+            None => {
+                tracing::info!(
+                    conversation_sid,
+                    "an event for a widget conversation whose visitor is gone"
+                );
+                Ok(())
             }
-            None => tracing::info!(
-                conversation_sid,
-                "an event for a widget conversation whose visitor is gone"
-            ),
         }
     }
 

@@ -25,6 +25,10 @@ use crate::{
 
 /// Most lines kept for a widget that reconnects.
 const MAX_LINES: usize = 500;
+/// How long a visitor who has not written anything is kept.
+const QUIET_VISITOR: std::time::Duration = std::time::Duration::from_secs(120);
+/// Twilio message SIDs remembered per visitor (a redelivered agent message is shown once).
+const SEEN_MESSAGES: usize = 256;
 
 /// Runs `visitor`'s conversation until it is idle past `CHAT_IDLE_TIMEOUT`, or the drain.
 pub(super) async fn run(state: WebState, visitor: String, mut inputs: mpsc::Receiver<Input>) {
@@ -34,7 +38,10 @@ pub(super) async fn run(state: WebState, visitor: String, mut inputs: mpsc::Rece
     let stop = chat.stopping().clone();
     let mut v = Visitor::new(state.clone(), visitor.clone());
     let live = telemetry::LiveChat::start();
-    let idle = tokio::time::sleep(idle_for);
+    // A visitor who has not written yet (a page that only opened the socket) is let go soon,
+    // so bare connections cannot hold the CHAT_MAX_CONVERSATIONS slots.
+    let quiet_for = idle_for.min(QUIET_VISITOR);
+    let idle = tokio::time::sleep(quiet_for);
     tokio::pin!(idle);
     tracing::debug!("widget visitor started");
     loop {
@@ -43,7 +50,10 @@ pub(super) async fn run(state: WebState, visitor: String, mut inputs: mpsc::Rece
             () = stop.cancelled() => break,
             input = inputs.recv() => match input {
                 Some(input) => {
-                    idle.as_mut().reset(Instant::now() + idle_for);
+                    let wrote = matches!(input, Input::Frame(ClientFrame::Message { .. }));
+                    v.wrote |= wrote;
+                    let wait = if v.wrote { idle_for } else { quiet_for };
+                    idle.as_mut().reset(Instant::now() + wait);
                     v.on_input(input).await;
                 }
                 None => break,
@@ -90,6 +100,10 @@ struct Visitor {
     conversation_sid: Option<String>,
     /// Agents' friendly names, by identity.
     agents: BTreeMap<String, String>,
+    /// The visitor has written something.
+    wrote: bool,
+    /// Recent agent message SIDs (a redelivery is dropped).
+    seen: std::collections::VecDeque<String>,
 }
 
 impl Visitor {
@@ -114,6 +128,8 @@ impl Visitor {
             streaming: None,
             conversation_sid: None,
             agents: BTreeMap::new(),
+            wrote: false,
+            seen: std::collections::VecDeque::new(),
         };
         if let Some(greeting) = chat.settings().chat.greeting.clone() {
             v.core.say(&greeting);
@@ -351,9 +367,19 @@ impl Visitor {
         let visitor = self.visitor();
         let bot = self.state.inner.chat.settings().chat.bot_author.clone();
         match event {
-            TwilioEvent::Message { author, body } => {
+            TwilioEvent::Message { sid, author, body } => {
                 if author == visitor || author == bot || body.trim().is_empty() {
                     return;
+                }
+                if !sid.is_empty() {
+                    if self.seen.contains(&sid) {
+                        tracing::info!("a redelivered agent message; shown once");
+                        return;
+                    }
+                    if self.seen.len() >= SEEN_MESSAGES {
+                        self.seen.pop_front();
+                    }
+                    self.seen.push_back(sid);
                 }
                 let name = self.agents.get(&author).cloned().unwrap_or(author);
                 self.push(From::Agent, name, body);

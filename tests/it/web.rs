@@ -512,3 +512,50 @@ async fn the_widget_is_served() {
         assert!(!response.text().await.unwrap().is_empty(), "{path}");
     }
 }
+
+/// Once a visitor is escalated, the bot never answers in that conversation, even after the
+/// visitor's task is gone (idle) and the agent's messages reach the Conversations channel.
+#[tokio::test]
+async fn the_bot_stays_out_of_an_escalated_conversation() {
+    let mut web = web_with(&[("CHAT_IDLE_TIMEOUT", "1s")]).await;
+    let (widget, ch) = escalated(&web).await;
+    drop(widget);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while web.app.server.state.web.live() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the visitor never left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    while web.app.llm.next_request_now().is_some() {}
+    let posted_before = web.api.messages(&ch).len();
+    assert_eq!(
+        web.api
+            .agent_says(&ch, "agent_alice", "Are you still there?")
+            .await,
+        [200]
+    );
+    // The Conversations channel reads the conversation, finds it handed off, and stays quiet.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while web.app.server.state.chat.live() > 0
+        || !web.api.requests().iter().any(|r| {
+            r.method == reqwest::Method::GET && r.path == format!("/v1/Conversations/{ch}")
+        })
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the chat channel never checked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        web.app.llm.next_request_now().is_none(),
+        "the model was not asked"
+    );
+    let bot_posts = web.api.messages(&ch)[posted_before..]
+        .iter()
+        .filter(|m| m.author == "relaybot")
+        .count();
+    assert_eq!(bot_posts, 0);
+}
