@@ -436,10 +436,20 @@ async fn call(config: Config, args: CallArgs) -> Result<(), String> {
 /// runs end to end). A server already running elsewhere sends its REST calls wherever its own
 /// `TWILIO_CONVERSATIONS_BASE`/`TWILIO_FLEX_BASE` say, so `chat` only talks to one when
 /// `--api-port` puts the stand-in at a known address (the server must have been started
-/// with both set to it), and refuses otherwise.
+/// with both set to it): without it, a server found at the default address is replaced by an
+/// in-process twin (said so), and one named with `--url` is refused with how to do it.
 async fn chat(mut config: Config, args: ChatArgs) -> Result<(), String> {
     let url = args.url.clone().unwrap_or_else(|| default_url(&config));
-    let alive = answers(&url).await?;
+    let mut alive = answers(&url).await?;
+    let twin = alive && args.api_port.is_none() && args.url.is_none();
+    if twin {
+        // The usual case: `cargo run --release` in one terminal, `chat` in another. That
+        // server's REST calls go to Twilio (or nowhere), so chat with a twin of it instead.
+        println!(
+            "A relaybot server answers at {url}, but its replies go to the Conversations API it is configured with, where this simulator cannot see them; chatting with an in-process server with the same settings instead."
+        );
+        alive = false;
+    }
     if alive && args.api_port.is_none() {
         return Err(format!(
             "a server already answers at {url}, but its Conversations and Flex API requests go to its own TWILIO_CONVERSATIONS_BASE/TWILIO_FLEX_BASE, where this simulator cannot see the replies. \
@@ -486,9 +496,13 @@ async fn chat(mut config: Config, args: ChatArgs) -> Result<(), String> {
         let state = relaybot::build_state(config.clone(), ToolRegistry::new())?;
         let server = relaybot::start(listener, state).map_err(|e| e.to_string())?;
         let target = format!("http://{}", server.addr);
-        println!(
-            "No relaybot server answered at {url}, so one was started in-process at {target}."
-        );
+        if !twin {
+            println!(
+                "No relaybot server answered at {url}, so one was started in-process at {target}."
+            );
+        } else {
+            println!("The in-process server is at {target}.");
+        }
         println!("It answers with {describe}.");
         println!(
             "Its Conversations and Flex API requests go to this chat's stand-in for Twilio at {}.",
