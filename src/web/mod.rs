@@ -134,27 +134,39 @@ impl WebState {
         self.lock().live.len()
     }
 
-    /// The signed token of `visitor`: `visitor.signature`.
+    /// The signed token of `visitor`, issued now: `visitor.issued.signature` (`issued` in Unix
+    /// seconds). A widget gets a fresh one on every connection, so it stays valid for
+    /// `CHAT_IDLE_TIMEOUT` after the visitor was last connected.
     fn token(&self, visitor: &str) -> String {
-        format!("{visitor}.{}", self.signature(visitor))
+        let issued = crate::handoff::now_ms() / 1000;
+        format!("{visitor}.{issued}.{}", self.signature(visitor, issued))
     }
 
-    fn signature(&self, visitor: &str) -> String {
+    fn signature(&self, visitor: &str, issued: u64) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(self.inner.key.expose_secret().as_bytes())
             .expect("HMAC takes any key");
         mac.update(b"relaybot-web:");
         mac.update(visitor.as_bytes());
+        mac.update(b".");
+        mac.update(issued.to_string().as_bytes());
         hex(&mac.finalize().into_bytes()[..16])
     }
 
-    /// The visitor a token names, when its signature holds.
+    /// The visitor a token names, when its signature holds and it is not older than
+    /// `CHAT_IDLE_TIMEOUT`.
     fn visitor_of(&self, token: &str) -> Option<String> {
-        let (visitor, signature) = token.rsplit_once('.')?;
+        let (rest, signature) = token.rsplit_once('.')?;
+        let (visitor, issued) = rest.rsplit_once('.')?;
+        let issued: u64 = issued.parse().ok()?;
         let valid = visitor.starts_with("web-")
             && visitor.len() <= 64
             && visitor[4..].chars().all(|c| c.is_ascii_alphanumeric());
-        let expected = self.signature(visitor);
+        let now = crate::handoff::now_ms() / 1000;
+        let max_age = self.inner.chat.settings().chat.idle_timeout.as_secs();
+        let fresh = fresh(issued, now, max_age);
+        let expected = self.signature(visitor, issued);
         (valid
+            && fresh
             && bool::from(subtle::ConstantTimeEq::ct_eq(
                 expected.as_bytes(),
                 signature.as_bytes(),
@@ -350,6 +362,12 @@ impl WebState {
     }
 }
 
+/// Whether a token issued at `issued` (Unix seconds) is still good at `now`: not older than
+/// `max_age` seconds, and not from the future (a minute of clock skew allowed).
+fn fresh(issued: u64, now: u64, max_age: u64) -> bool {
+    issued <= now + 60 && now.saturating_sub(issued) <= max_age
+}
+
 /// Lower-case hexadecimal.
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -435,5 +453,23 @@ impl ClassifyName for serde_json::Error {
             serde_json::error::Category::Data => "data",
             serde_json::error::Category::Eof => "eof",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fresh;
+
+    #[test]
+    fn tokens_last_as_long_as_a_conversation_is_kept() {
+        let now = 1_800_000_000;
+        assert!(fresh(now, now, 1800));
+        assert!(fresh(now - 1800, now, 1800));
+        assert!(
+            !fresh(now - 1801, now, 1800),
+            "older than CHAT_IDLE_TIMEOUT"
+        );
+        assert!(fresh(now + 30, now, 1800), "a little clock skew");
+        assert!(!fresh(now + 3600, now, 1800), "from the future");
     }
 }

@@ -217,7 +217,8 @@ async fn the_bot_streams_and_a_reconnect_resumes() {
         .collect();
     assert_eq!(texts, ["Hi! How can I help?", "hi", "Hello there!"]);
     // A forged token starts a new visitor.
-    let forged = format!("{visitor}.00000000000000000000000000000000");
+    let issued = token.split('.').nth(1).unwrap();
+    let forged = format!("{visitor}.{issued}.00000000000000000000000000000000");
     let other = Widget::open(&web, Some(&forged), None).await.unwrap();
     assert_ne!(other.token, token);
 }
