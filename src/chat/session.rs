@@ -15,7 +15,7 @@ use tokio::{
 use super::{handoff, ChatState, Incoming, Input, StudioAnswer};
 use crate::{
     agent::{turn::TurnEvent, CallContext, Departure, TurnId},
-    conversation::{spaced, Conversation, Output, Persona},
+    conversation::{newest_within, spaced, Conversation, Output, Persona},
     handoff::{now_ms, shorten, HandoffPath, HandoffRecord},
     telemetry,
     twilio::rest::{Rest, RestError},
@@ -67,7 +67,7 @@ pub(super) async fn run(
                 }
                 None => break,
             },
-            () = drive(&mut chat.core.running) => chat.core.running = None,
+            () = crate::conversation::drive(&mut chat.core.running) => chat.core.running = None,
             Some((id, event)) = chat.core.inbox.events.recv() => chat.on_turn_event(id, event).await,
             Some(request) = chat.core.inbox.control.recv() => {
                 // Chat has no channel-specific requests (no language switch): leaving is the
@@ -98,14 +98,6 @@ pub(super) async fn run(
     }
     drop(live);
     tracing::debug!(messages = chat.core.history().len(), "chat session ended");
-}
-
-/// Polls the running turn to completion; pending forever when there is none.
-async fn drive(running: &mut Option<futures::future::BoxFuture<'static, ()>>) {
-    match running {
-        Some(turn) => turn.await,
-        None => std::future::pending().await,
-    }
 }
 
 struct ChatSession {
@@ -271,14 +263,7 @@ impl ChatSession {
                 message.body.truncate(cut);
             }
         }
-        let mut total = 0;
-        let keep_from = messages
-            .iter()
-            .rposition(|m| {
-                total += m.body.chars().count();
-                total > max
-            })
-            .map_or(0, |i| (i + 1).min(messages.len() - 1));
+        let keep_from = newest_within(&messages, max, |m| m.body.chars().count());
         if keep_from > 0 {
             tracing::warn!(
                 dropped = keep_from,

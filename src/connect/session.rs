@@ -54,7 +54,7 @@ pub(super) async fn run(
                 }
                 None => break,
             },
-            () = drive(&mut s.core.running) => s.core.running = None,
+            () = crate::conversation::drive(&mut s.core.running) => s.core.running = None,
             Some((id, event)) = s.core.inbox.events.recv() => s.on_turn_event(id, event),
             Some(request) = s.core.inbox.control.recv() => {
                 if let Some(ChannelRequest::SwitchLanguage(language)) = s.core.on_control(request) {
@@ -83,14 +83,6 @@ pub(super) async fn run(
         let _ = state.dispatch(&session_id, incoming);
     }
     tracing::debug!(messages = s.core.history().len(), "Lex session ended");
-}
-
-/// Polls the running turn to completion; pending forever when there is none.
-async fn drive(running: &mut Option<futures::future::BoxFuture<'static, ()>>) {
-    match running {
-        Some(turn) => turn.await,
-        None => std::future::pending().await,
-    }
 }
 
 /// A finished reply and the departure behind it (for the record, once delivered).
@@ -266,14 +258,7 @@ impl Session {
             self.core.note("caller", &s.note);
         }
         let max = self.state.inner.config.limits.max_prompt_chars;
-        let mut total = 0;
-        let keep_from = said
-            .iter()
-            .rposition(|s| {
-                total += s.text.chars().count();
-                total > max
-            })
-            .map_or(0, |i| (i + 1).min(said.len() - 1));
+        let keep_from = crate::conversation::newest_within(&said, max, |s| s.text.chars().count());
         if keep_from > 0 {
             tracing::warn!(
                 dropped = keep_from,

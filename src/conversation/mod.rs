@@ -648,6 +648,29 @@ pub fn spaced(before: &str, line: &str) -> String {
     }
 }
 
+/// Polls a transport's running turn ([`Conversation::running`]) to completion; pending forever
+/// when there is none. Every transport's loop selects on it next to its inputs.
+pub async fn drive(running: &mut Option<futures::future::BoxFuture<'static, ()>>) {
+    match running {
+        Some(turn) => turn.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Of inputs waiting for one turn, the index of the first to keep so that the kept ones (the
+/// newest, whose sizes `chars` gives) stay within `max` characters; the newest is always kept.
+/// The oldest of a burst go first.
+pub fn newest_within<T>(inputs: &[T], max: usize, chars: impl Fn(&T) -> usize) -> usize {
+    let mut total = 0;
+    inputs
+        .iter()
+        .rposition(|input| {
+            total += chars(input);
+            total > max
+        })
+        .map_or(0, |i| (i + 1).min(inputs.len().saturating_sub(1)))
+}
+
 /// A transport's drain: no new tasks on `tracker`; wait for those running (idle conversations
 /// leave when the drain starts, busy ones after their turn) until `deadline`; then cancel
 /// `stop`, which every task of the transport watches, and wait for them to end.
@@ -668,5 +691,23 @@ pub async fn drain_sessions(
         );
         stop.cancel();
         tracker.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::newest_within;
+
+    #[test]
+    fn a_burst_keeps_its_newest_inputs_within_the_budget() {
+        let sizes = [5usize, 4, 3, 2];
+        assert_eq!(newest_within(&sizes, 100, |s| *s), 0, "all fit");
+        assert_eq!(newest_within(&sizes, 5, |s| *s), 2, "the last two fit");
+        assert_eq!(
+            newest_within(&sizes, 1, |s| *s),
+            3,
+            "the newest always stays"
+        );
+        assert_eq!(newest_within::<usize>(&[], 1, |s| *s), 0);
     }
 }

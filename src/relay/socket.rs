@@ -86,7 +86,7 @@ pub async fn run(
                 },
                 // The turn before its events: a chunk it reads in this pass is queued and then
                 // seen below in the same pass, not after a trip through the scheduler's queue.
-                () = drive(&mut session.core.running) => session.core.running = None,
+                () = crate::conversation::drive(&mut session.core.running) => session.core.running = None,
                 Some((id, event)) = session.core.inbox.events.recv() => session.on_turn_event(id, event),
                 Some(request) = session.core.inbox.control.recv() => session.on_control(request),
                 Some(result) = session.moved.recv() => session.on_moved(result),
@@ -159,14 +159,6 @@ impl LiveCall {
 impl Drop for LiveCall {
     fn drop(&mut self) {
         telemetry::metrics().calls_live.decrement(1.0);
-    }
-}
-
-/// Polls the running turn to completion; pending forever when there is none.
-async fn drive(running: &mut Option<futures::future::BoxFuture<'static, ()>>) {
-    match running {
-        Some(turn) => turn.await,
-        None => std::future::pending().await,
     }
 }
 

@@ -58,7 +58,7 @@ pub(super) async fn run(state: WebState, visitor: String, mut inputs: mpsc::Rece
                 }
                 None => break,
             },
-            () = drive(&mut v.core.running) => v.core.running = None,
+            () = crate::conversation::drive(&mut v.core.running) => v.core.running = None,
             Some((id, event)) = v.core.inbox.events.recv() => v.on_turn_event(id, event).await,
             Some(request) = v.core.inbox.control.recv() => {
                 let _ = v.core.on_control(request);
@@ -73,14 +73,6 @@ pub(super) async fn run(state: WebState, visitor: String, mut inputs: mpsc::Rece
     state.remove(&visitor);
     drop(live);
     tracing::debug!(lines = v.lines.len(), "widget visitor ended");
-}
-
-/// Polls the running turn to completion; pending forever when there is none.
-async fn drive(running: &mut Option<futures::future::BoxFuture<'static, ()>>) {
-    match running {
-        Some(turn) => turn.await,
-        None => std::future::pending().await,
-    }
 }
 
 struct Visitor {
