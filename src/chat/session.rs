@@ -15,7 +15,7 @@ use tokio::{
 use super::{handoff, ChatState, Incoming, Input, StudioAnswer};
 use crate::{
     agent::{turn::TurnEvent, CallContext, Departure, TurnId},
-    conversation::{newest_within, spaced, Conversation, Output, Persona},
+    conversation::{cut_chars, newest_within, spaced, Conversation, Output, Persona},
     handoff::{now_ms, shorten, HandoffPath, HandoffRecord},
     telemetry,
     twilio::rest::{Rest, RestError},
@@ -258,9 +258,8 @@ impl ChatSession {
         // message is cut to it, and the oldest of a burst go first (the newest always stays).
         let max = self.state.config().limits.max_prompt_chars;
         for message in &mut messages {
-            if let Some((cut, _)) = message.body.char_indices().nth(max) {
+            if cut_chars(&mut message.body, max) {
                 tracing::warn!(max, "message longer than MAX_PROMPT_CHARS; cut");
-                message.body.truncate(cut);
             }
         }
         let keep_from = newest_within(&messages, max, |m| m.body.chars().count());

@@ -370,9 +370,8 @@ impl ConnectState {
             return None;
         }
         let mut text = words;
-        if let Some((cut, _)) = text.char_indices().nth(max) {
+        if crate::conversation::cut_chars(&mut text, max) {
             tracing::warn!(max, "input longer than MAX_PROMPT_CHARS; cut");
-            text.truncate(cut);
         }
         Some(Said {
             note: text.clone(),

@@ -657,6 +657,18 @@ pub async fn drive(running: &mut Option<futures::future::BoxFuture<'static, ()>>
     }
 }
 
+/// Cuts `text` to at most `max` characters (`MAX_PROMPT_CHARS` for a customer's input); whether
+/// it was cut.
+pub fn cut_chars(text: &mut String, max: usize) -> bool {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => {
+            text.truncate(cut);
+            true
+        }
+        None => false,
+    }
+}
+
 /// Of inputs waiting for one turn, the index of the first to keep so that the kept ones (the
 /// newest, whose sizes `chars` gives) stay within `max` characters; the newest is always kept.
 /// The oldest of a burst go first.

@@ -203,9 +203,7 @@ impl Visitor {
     async fn on_visitor(&mut self, text: String) {
         let max = self.state.inner.chat.settings().limits.max_prompt_chars;
         let mut text = text.trim().to_owned();
-        if let Some((cut, _)) = text.char_indices().nth(max) {
-            text.truncate(cut);
-        }
+        crate::conversation::cut_chars(&mut text, max);
         if text.is_empty() {
             return;
         }
